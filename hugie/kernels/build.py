@@ -1,0 +1,437 @@
+"""Build (once, cached) the shared library holding the ``hugie::SpanScore`` onnxruntime custom op.
+
+``custom_op_library()`` returns the path of the compiled library, or ``None`` when it cannot be
+had (no compiler, no onnxruntime headers, apt offline, ...). It never raises: callers then use the
+standard-ONNX fallback graph from :mod:`hugie.kernels.graph`.
+
+Layout under ``$HUGIE_CACHE`` (default ``~/.cache/hugie``)::
+
+    kernels/<hash>/libhugie_span_score.so    hash of sources, flags, onnxruntime version, headers, nvcc
+    kernels/<hash>/build.json                what was built (with or without CUDA) and why
+    kernels/ort-headers/<version>/include/   onnxruntime headers from Debian's libonnxruntime-dev
+    kernels/apt/                             private apt state used to fetch that package
+    kernels/.build.lock                      serialises builds across processes
+
+Headers come from ``$HUGIE_ORT_INCLUDE`` when set (a directory holding ``onnxruntime_c_api.h``,
+``onnxruntime_cxx_api.h`` and ``onnxruntime_lite_custom_op.h``); otherwise Debian trixie's
+``libonnxruntime-dev`` (MIT) is downloaded with a private apt configuration and unpacked.
+The CUDA kernel is compiled in when ``nvcc`` is found (disable with ``HUGIE_CUDA=0``); if that
+fails the CPU-only library is built instead. ``HUGIE_DISABLE_CUSTOM_OP=1`` forces the fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger("hugie.kernels")
+
+LIBRARY_NAME = "libhugie_span_score.so"
+SOURCES = ("span_score.cc", "span_score_cuda.cu", "span_score_cuda.h")
+REQUIRED_HEADERS = ("onnxruntime_c_api.h", "onnxruntime_cxx_api.h", "onnxruntime_lite_custom_op.h")
+DEBIAN_PACKAGE = "libonnxruntime-dev"
+DEBIAN_VERSION = "1.21.0+dfsg-1"
+DEBIAN_SUITE = "trixie"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# SASS for these GPUs plus PTX of the newest one (JIT for anything later); $HUGIE_CUDA_ARCHS overrides.
+CUDA_ARCHS = ("75", "80", "86", "89", "90")
+CXX_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall")
+NVCC_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden")
+BUILD_TIMEOUT_S = 900
+APT_TIMEOUT_S = 300
+
+_KERNEL_DIR = Path(__file__).resolve().parent
+_state_lock = threading.Lock()
+_resolved: dict[str, str | None] = {}  # "path" -> final result of a build=True call
+_logged: set[str] = set()
+
+
+class _Unavailable(Exception):
+    """The custom op cannot be provided; the message says why."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("HUGIE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hugie")
+    return Path(root) / "kernels"
+
+
+def custom_op_library(build: bool = True) -> str | None:
+    """Path of the compiled SpanScore library, building it on first use; ``None`` if unavailable.
+
+    With ``build=False`` only an already-built library is returned.
+    """
+    with _state_lock:
+        if "path" in _resolved:
+            return _resolved["path"]
+        try:
+            path = _resolve(build)
+            reason = None
+        except _Unavailable as exc:
+            path, reason = None, str(exc)
+        except Exception as exc:  # never raise: the fallback graph always works
+            path, reason = None, f"unexpected {type(exc).__name__}: {exc}"
+        if path is not None or build:
+            _resolved["path"] = path
+        if path is not None:
+            _log_once(f"SpanScore: using fused custom op {path}")
+        else:
+            _log_once(f"SpanScore: custom op unavailable ({reason}); using standard-ONNX fallback")
+        return path
+
+
+def library_has_cuda(path: str | os.PathLike) -> bool:
+    """Whether the library at ``path`` was built with the CUDAExecutionProvider kernel."""
+    try:
+        info = json.loads((Path(path).parent / "build.json").read_text())
+        return bool(info.get("cuda"))
+    except (OSError, ValueError):
+        return False
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logger.info(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution
+
+
+def _resolve(build: bool) -> str:
+    if os.environ.get("HUGIE_DISABLE_CUSTOM_OP", "").strip() not in ("", "0"):
+        raise _Unavailable("disabled by HUGIE_DISABLE_CUSTOM_OP")
+    try:
+        import onnxruntime
+    except Exception as exc:
+        raise _Unavailable(f"onnxruntime is not importable: {exc}") from exc
+    ort_version = onnxruntime.__version__
+
+    cxx = _find_cxx()
+    nvcc = _find_nvcc()
+    root = cache_dir()
+
+    include = _cached_headers(root)
+    if include is None:
+        if not build:
+            raise _Unavailable("onnxruntime headers not fetched yet and build=False")
+        root.mkdir(parents=True, exist_ok=True)
+        with _file_lock(root / ".build.lock"):
+            include = _cached_headers(root) or _fetch_debian_headers(root)
+    _check_api_version(include, ort_version)
+
+    key = _build_key(ort_version, include, cxx, nvcc)
+    out_dir = root / key
+    library = out_dir / LIBRARY_NAME
+    if library.is_file():
+        _check_loads(library)
+        return str(library)
+    if not build:
+        raise _Unavailable("library not built yet and build=False")
+    if cxx is None:
+        raise _Unavailable("no C++ compiler found (set CXX or install g++)")
+
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / ".build.lock"):
+        if not library.is_file():
+            _build(out_dir, include, cxx, nvcc, ort_version)
+    _check_loads(library)
+    return str(library)
+
+
+def _find_cxx() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _find_nvcc() -> str | None:
+    if os.environ.get("HUGIE_CUDA", "1").strip() == "0":
+        return None
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.access(os.path.join(home, "bin", "nvcc"), os.X_OK):
+            return os.path.join(home, "bin", "nvcc")
+    return None
+
+
+def _build_key(ort_version: str, include: Path, cxx: str | None, nvcc: str | None) -> str:
+    h = hashlib.sha256()
+    h.update(f"ort={ort_version}\ncxx={cxx}\n".encode())
+    h.update(" ".join(CXX_FLAGS + NVCC_FLAGS).encode())
+    h.update(os.environ.get("HUGIE_CUDA_ARCHS", ",".join(CUDA_ARCHS)).encode())
+    for name in SOURCES:
+        h.update(name.encode() + b"\0" + (_KERNEL_DIR / name).read_bytes())
+    for name in REQUIRED_HEADERS:
+        h.update((include / name).read_bytes())
+    if nvcc:
+        h.update(_run([nvcc, "--version"], timeout=60).stdout.encode())
+    return h.hexdigest()[:16]
+
+
+def _check_api_version(include: Path, ort_version: str) -> None:
+    """Headers newer than the runtime would request an API table the runtime lacks."""
+    text = (include / "onnxruntime_c_api.h").read_text(errors="replace")
+    match = re.search(r"#define\s+ORT_API_VERSION\s+(\d+)", text)
+    runtime = re.match(r"1\.(\d+)", ort_version)
+    if match and runtime and int(match.group(1)) > int(runtime.group(1)):
+        raise _Unavailable(
+            f"onnxruntime headers in {include} are API {match.group(1)} but the runtime is {ort_version}; "
+            "point HUGIE_ORT_INCLUDE at headers no newer than the runtime"
+        )
+
+
+def _check_loads(library: Path) -> None:
+    import onnxruntime
+
+    try:
+        onnxruntime.SessionOptions().register_custom_ops_library(str(library))
+    except Exception as exc:
+        raise _Unavailable(f"{library} does not load into onnxruntime: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation
+
+
+def _build(out_dir: Path, include: Path, cxx: str, nvcc: str | None, ort_version: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info: dict[str, object] = {"ort_version": ort_version, "include": str(include), "cuda": False}
+    with tempfile.TemporaryDirectory(prefix="build-", dir=out_dir) as tmp:
+        tmp_dir = Path(tmp)
+        target = tmp_dir / LIBRARY_NAME
+        cuda_obj = None
+        if nvcc is not None:
+            try:
+                cuda_obj = _compile_cuda(nvcc, cxx, tmp_dir)
+            except _Unavailable as exc:
+                info["cuda_error"] = str(exc)
+                logger.warning("SpanScore: CUDA kernel not built, CPU-only library instead: %s", exc)
+        else:
+            info["cuda_error"] = "nvcc not found (or HUGIE_CUDA=0)"
+
+        cc_obj = tmp_dir / "span_score.o"
+        defines = ["-DHUGIE_WITH_CUDA"] if cuda_obj else []
+        _run_checked(
+            [cxx, *CXX_FLAGS, *defines, f"-I{include}", f"-I{_KERNEL_DIR}", "-c",
+             str(_KERNEL_DIR / "span_score.cc"), "-o", str(cc_obj)],
+            "compiling span_score.cc",
+        )
+        if cuda_obj:
+            # nvcc links the static CUDA runtime; keep its symbols private to this library.
+            link = [nvcc, "-shared", "-o", str(target), str(cc_obj), str(cuda_obj),
+                    "-Xlinker", "--exclude-libs,ALL", "-Xlinker", "-z,defs"]
+            if cxx:
+                link[1:1] = ["-ccbin", cxx]
+        else:
+            link = [cxx, "-shared", "-o", str(target), str(cc_obj), "-pthread", "-Wl,-z,defs"]
+        _run_checked(link, "linking " + LIBRARY_NAME)
+        info["cuda"] = cuda_obj is not None
+        (out_dir / "build.json").write_text(json.dumps(info, indent=2))
+        os.replace(target, out_dir / LIBRARY_NAME)  # atomic: readers never see a partial file
+
+
+def _cuda_gencode(nvcc: str) -> list[str]:
+    wanted = [a.strip() for a in os.environ.get("HUGIE_CUDA_ARCHS", ",".join(CUDA_ARCHS)).replace(";", ",").split(",")]
+    wanted = [a for a in wanted if a.isdigit()]
+    try:
+        listed = _run([nvcc, "--list-gpu-code"], timeout=60).stdout
+        supported = set(re.findall(r"sm_(\d+)", listed))
+    except Exception:
+        supported = set()
+    archs = [a for a in wanted if not supported or a in supported]
+    if not archs:
+        raise _Unavailable(f"nvcc supports none of the requested CUDA architectures {wanted}")
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+    return flags
+
+
+def _compile_cuda(nvcc: str, cxx: str, tmp_dir: Path) -> Path:
+    obj = tmp_dir / "span_score_cuda.o"
+    cmd = [nvcc, *NVCC_FLAGS, *_cuda_gencode(nvcc), "-c", str(_KERNEL_DIR / "span_score_cuda.cu"), "-o", str(obj)]
+    if cxx:
+        cmd[1:1] = ["-ccbin", cxx]
+    _run_checked(cmd, "compiling span_score_cuda.cu")
+    return obj
+
+
+def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "LC_ALL": "C"})
+
+
+def _run_checked(cmd: list[str], what: str, timeout: float = BUILD_TIMEOUT_S, cwd: Path | None = None) -> str:
+    try:
+        proc = _run(cmd, timeout=timeout, cwd=cwd)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _Unavailable(f"{what} failed: {exc}") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+        raise _Unavailable(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
+    return proc.stdout
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout: float = BUILD_TIMEOUT_S * 2):
+    """Exclusive inter-process lock (flock); other processes wait while one builds."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise _Unavailable(f"timed out waiting for build lock {path}") from None
+                time.sleep(0.25)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime headers
+
+
+def _has_headers(path: Path) -> bool:
+    return all((path / name).is_file() for name in REQUIRED_HEADERS)
+
+
+def _cached_headers(root: Path) -> Path | None:
+    env = os.environ.get("HUGIE_ORT_INCLUDE")
+    if env:
+        path = Path(env).expanduser()
+        if not _has_headers(path):
+            raise _Unavailable(f"HUGIE_ORT_INCLUDE={env} lacks one of {', '.join(REQUIRED_HEADERS)}")
+        return path
+    base = root / "ort-headers"
+    preferred = base / DEBIAN_VERSION / "include"
+    if _has_headers(preferred):
+        return preferred
+    if base.is_dir():
+        for candidate in sorted(base.glob("*/include"), reverse=True):
+            if _has_headers(candidate):
+                return candidate
+    return None
+
+
+def _debian_source(sources_dir: Path = Path("/etc/apt")) -> tuple[str, str | None]:
+    """(URI, Signed-By) of the machine's main Debian archive, from deb822 or one-line sources."""
+    entries: list[tuple[str, str | None]] = []
+    for path in sorted((sources_dir / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line:
+                    continue
+                name, _, value = line.partition(":")
+                fields[name.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
+                for uri in fields.get("uris", "").split():
+                    entries.append((uri, fields.get("signed-by")))
+    legacy = [sources_dir / "sources.list", *sorted((sources_dir / "sources.list.d").glob("*.list"))]
+    for path in legacy:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            match = re.match(r"\s*deb\s+(\[[^\]]*\]\s+)?(\S+)\s+\S+", line)
+            if match:
+                opts = match.group(1) or ""
+                signed = re.search(r"signed-by=(\S+?)[\s\]]", opts)
+                entries.append((match.group(2), signed.group(1) if signed else None))
+    for uri, signed_by in entries:
+        if re.search(r"/debian/?$", uri) and "security" not in uri:
+            return uri, signed_by
+    return "http://deb.debian.org/debian", None
+
+
+def _fetch_debian_headers(root: Path) -> Path:
+    """Download and unpack Debian trixie's libonnxruntime-dev with a private apt configuration."""
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise _Unavailable(f"no onnxruntime headers: set HUGIE_ORT_INCLUDE ({tool} not available to fetch them)")
+    uri, signed_by = _debian_source()
+    signed_by = signed_by or (DEBIAN_KEYRING if os.path.isfile(DEBIAN_KEYRING) else None)
+    if signed_by is None:
+        raise _Unavailable(f"no onnxruntime headers: set HUGIE_ORT_INCLUDE (no Debian keyring at {DEBIAN_KEYRING})")
+
+    apt = root / "apt"
+    for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial", "deb"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "status").touch()
+    (apt / "sources.list.d" / f"hugie-{DEBIAN_SUITE}.sources").write_text(
+        f"Types: deb\nURIs: {uri}\nSuites: {DEBIAN_SUITE}\nComponents: main\nSigned-By: {signed_by}\n"
+    )
+    opts: list[str] = []
+    for key, value in (
+        ("Dir::Etc::SourceList", "/dev/null"),
+        ("Dir::Etc::SourceParts", apt / "sources.list.d"),
+        ("Dir::Etc::Preferences", "/dev/null"),
+        ("Dir::Etc::PreferencesParts", apt / "preferences.d"),
+        ("Dir::State::Lists", apt / "lists"),
+        ("Dir::State::Status", apt / "status"),
+        ("Dir::Cache", apt / "cache"),
+        ("Acquire::Languages", "none"),
+        ("APT::Sandbox::User", "root" if os.geteuid() == 0 else ""),
+    ):
+        if value != "":
+            opts += ["-o", f"{key}={value}"]
+
+    _run_checked(["apt-get", *opts, "update"], f"apt-get update ({DEBIAN_SUITE})", timeout=APT_TIMEOUT_S)
+    if not any((apt / "lists").glob("*_Packages*")):  # apt-get update exits 0 on fetch errors
+        raise _Unavailable(f"apt-get update could not fetch the Debian {DEBIAN_SUITE} index from {uri} (offline?)")
+    for cmd in ([f"{DEBIAN_PACKAGE}={DEBIAN_VERSION}"], [DEBIAN_PACKAGE]):
+        try:
+            _run_checked(["apt-get", *opts, "download", *cmd], f"apt-get download {cmd[0]}",
+                         timeout=APT_TIMEOUT_S, cwd=apt / "deb")
+            break
+        except _Unavailable:
+            if cmd == [DEBIAN_PACKAGE]:
+                raise
+    debs = sorted((apt / "deb").glob(f"{DEBIAN_PACKAGE}_*.deb"), key=lambda p: p.stat().st_mtime)
+    if not debs:
+        raise _Unavailable(f"apt-get download produced no {DEBIAN_PACKAGE} .deb")
+    deb = debs[-1]
+    version = _run_checked(["dpkg-deb", "-f", str(deb), "Version"], "reading .deb version").strip()
+
+    with tempfile.TemporaryDirectory(prefix="extract-", dir=apt) as tmp:
+        _run_checked(["dpkg-deb", "-x", str(deb), tmp], f"unpacking {deb.name}")
+        src = Path(tmp) / "usr" / "include" / "onnxruntime"
+        if not _has_headers(src):
+            raise _Unavailable(f"{deb.name} lacks the onnxruntime headers")
+        dest = root / "ort-headers" / version
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+        shutil.copytree(src, staging / "include")
+        copyright_file = Path(tmp) / "usr" / "share" / "doc" / DEBIAN_PACKAGE / "copyright"
+        if copyright_file.is_file():
+            shutil.copy(copyright_file, staging / "copyright")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    for sub in ("lists", "cache", "deb"):  # the ~20 MB package index is only needed once
+        shutil.rmtree(apt / sub, ignore_errors=True)
+    logger.info("SpanScore: fetched onnxruntime headers %s from Debian %s into %s", version, DEBIAN_SUITE, dest)
+    return dest / "include"

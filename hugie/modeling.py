@@ -1,0 +1,147 @@
+"""The instruction-driven Global Pointer span model (one model, one file).
+
+encoder (BERT family) → dense to 2·D → q, k (RoPE) and start/end bias → span logits
+``s(i, j) = <rope(q)_i, rope(k)_j>/sqrt(D) + start_bias[i] + end_bias[j]`` (Efficient Global
+Pointer, one span head: the instruction says which spans are wanted). Logits are masked to the
+text segment, the upper triangle and a maximum span width W; the loss is multilabel categorical
+cross-entropy. Saved and loaded in HF format (``config.json`` + ``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from .instructions import default_templates_dict
+
+# A finite mask value that survives fp16 (max 65504) even after a few additions.
+MASK_VALUE = -1.0e4
+
+
+class HugieConfig(PretrainedConfig):
+    """Span head settings, the encoder's own config, instruction templates and decoding defaults."""
+
+    model_type = "hugie_global_pointer"
+
+    def __init__(
+        self,
+        encoder: dict | None = None,
+        head_size: int = 64,
+        max_span_width: int = 48,
+        threshold: float = 0.5,
+        max_seq_length: int = 512,
+        instructions: dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.encoder = encoder or {}
+        self.head_size = head_size
+        self.max_span_width = max_span_width
+        self.threshold = threshold
+        self.max_seq_length = max_seq_length
+        self.instructions = instructions or default_templates_dict()
+
+    def encoder_config(self) -> PretrainedConfig:
+        cfg = dict(self.encoder)
+        model_type = cfg.pop("model_type", "bert")
+        return AutoConfig.for_model(model_type, **cfg)
+
+
+def rope(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position encoding over [B, L, D]: pairs (2m, 2m+1), angle p·10000^(-2m/D)."""
+    length, dim = x.shape[-2], x.shape[-1]
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=x.device) / dim)
+    angles = torch.arange(length, dtype=torch.float32, device=x.device)[:, None] * inv_freq[None, :]
+    cos = torch.repeat_interleave(torch.cos(angles), 2, dim=-1).to(x.dtype)
+    sin = torch.repeat_interleave(torch.sin(angles), 2, dim=-1).to(x.dtype)
+    rotated = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).reshape(x.shape)
+    return x * cos + rotated * sin
+
+
+def span_validity(span_mask: torch.Tensor, max_width: int) -> torch.Tensor:
+    """[B, L, L] bool: both ends allowed, i <= j and j - i < max_width."""
+    length = span_mask.shape[1]
+    idx = torch.arange(length, device=span_mask.device)
+    offset = idx[None, :] - idx[:, None]
+    band = (offset >= 0) & (offset < max_width)
+    allowed = span_mask.bool()
+    return allowed[:, :, None] & allowed[:, None, :] & band[None]
+
+
+def multilabel_categorical_crossentropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Su's multilabel CE over flattened [B, N] logits (masked entries must hold MASK_VALUE)."""
+    logits = logits.float()
+    labels = labels.float()
+    signed = (1 - 2 * labels) * logits
+    neg = signed - labels * 1e4
+    pos = signed - (1 - labels) * 1e4
+    zeros = torch.zeros_like(logits[..., :1])
+    neg_loss = torch.logsumexp(torch.cat([neg, zeros], dim=-1), dim=-1)
+    pos_loss = torch.logsumexp(torch.cat([pos, zeros], dim=-1), dim=-1)
+    return (neg_loss + pos_loss).mean()
+
+
+class GlobalPointerModel(PreTrainedModel):
+    """Encoder + Efficient Global Pointer head."""
+
+    config_class = HugieConfig
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: HugieConfig, encoder: nn.Module | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(
+            config.encoder_config(), add_pooling_layer=False)
+        hidden = self.encoder.config.hidden_size
+        self.projection = nn.Linear(hidden, 2 * config.head_size)
+        self.bias_head = nn.Linear(2 * config.head_size, 2)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if module is self.projection or module is self.bias_head:
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_encoder(cls, encoder: nn.Module, **head_kwargs) -> "GlobalPointerModel":
+        enc_cfg = encoder.config.to_dict()
+        for key in ("architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+            enc_cfg.pop(key, None)
+        config = HugieConfig(encoder=enc_cfg, **head_kwargs)
+        model = cls(config, encoder=encoder)
+        model._init_weights(model.projection)
+        model._init_weights(model.bias_head)
+        return model
+
+    def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """q, k (before RoPE) [B, L, D] and start/end bias [B, L] — what every backend computes."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        p = self.projection(hidden)
+        d = self.config.head_size
+        q, k = p[..., :d], p[..., d:]
+        bias = self.bias_head(p) / 2
+        return q, k, bias[..., 0], bias[..., 1]
+
+    def span_logits(self, q, k, start_bias, end_bias, span_mask: torch.Tensor) -> torch.Tensor:
+        """Dense [B, L, L] logits with invalid spans set to MASK_VALUE (training path)."""
+        qr, kr = rope(q), rope(k)
+        logits = torch.einsum("bid,bjd->bij", qr, kr) / math.sqrt(q.shape[-1])
+        logits = logits + start_bias[:, :, None] + end_bias[:, None, :]
+        valid = span_validity(span_mask, self.config.max_span_width)
+        return logits.masked_fill(~valid, MASK_VALUE)
+
+    def forward(self, input_ids, attention_mask, span_mask, labels: torch.Tensor | None = None):
+        """Returns ``{"logits": [B, L, L], "loss": scalar when labels ([B, L, L] 0/1) are given}``."""
+        q, k, sb, eb = self.project(input_ids, attention_mask)
+        logits = self.span_logits(q, k, sb, eb, span_mask)
+        out = {"logits": logits}
+        if labels is not None:
+            b = logits.shape[0]
+            out["loss"] = multilabel_categorical_crossentropy(logits.reshape(b, -1), labels.reshape(b, -1))
+        return out
+
+
+AutoConfig.register(HugieConfig.model_type, HugieConfig, exist_ok=True)

@@ -1,0 +1,89 @@
+"""Training helper for tests: fit a tiny model on the synthetic task."""
+
+from __future__ import annotations
+
+import torch
+
+from hugie.data import parse_record
+from hugie.training.examples import DatasetSpec, build_examples
+from hugie.training.trainer import collate, encode_examples, make_batches
+
+
+def synthetic_specs(n: int = 240):
+    from tests.conftest import synthetic_records
+
+    recs = [parse_record(r) for r in synthetic_records(n)]
+    zh = DatasetSpec("syn-zh", "-", language="zh", ner_negatives=1, re_negatives=0)
+    zh.records = [r for r in recs if not r.text.isascii()]
+    en = DatasetSpec("syn-en", "-", language="en", ner_negatives=1, re_negatives=0)
+    en.records = [r for r in recs if r.text.isascii()]
+    return [zh, en]
+
+
+def train_tiny(tokenizer, steps: int = 260, seed: int = 0, lr: float = 3e-3):
+    from tests.conftest import tiny_model
+
+    torch.manual_seed(seed)
+    model = tiny_model(tokenizer, seed=seed)
+    specs = synthetic_specs()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    step, epoch = 0, 0
+    while step < steps:
+        items, _ = encode_examples(build_examples(specs, seed, epoch), tokenizer, 128, model.config.max_span_width)
+        for batch_ids in make_batches(items, 16, 4096, seed, epoch):
+            out = model(**collate([items[i] for i in batch_ids], tokenizer))
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+            step += 1
+            if step >= steps:
+                break
+        epoch += 1
+    return model.eval()
+
+
+class FakeBackend:
+    """Answers by lookup: instruction → answer strings, found by token-id subsequence match.
+
+    Lets extractor tests check batching, windows, decoding and schema chaining without a model.
+    """
+
+    name = "fake"
+    device = "cpu"
+
+    def __init__(self, tokenizer, answers: dict[str, list[tuple[str, float]]]):
+        self.tokenizer = tokenizer
+        self.answers = {tuple(tokenizer.tokenize([k])[0].ids): v for k, v in answers.items()}
+        self.calls: list[int] = []
+
+    def score(self, batch, threshold, max_width):
+        import numpy as np
+
+        from hugie.scoring import logit
+
+        rows, logits = [], []
+        self.calls.append(batch.input_ids.shape[0])
+        for b in range(batch.input_ids.shape[0]):
+            ids = list(batch.input_ids[b])
+            sep = ids.index(self.tokenizer.sep_id)
+            instr = tuple(ids[1:sep])
+            text_pos = [i for i in range(len(ids)) if batch.char_starts[b, i] >= 0]
+            pieces = [self.tokenizer.tokenizer.id_to_token(int(ids[i])).lstrip("\u2581") for i in text_pos]
+            for answer, prob in self.answers.get(instr, []):
+                target = answer.replace(" ", "")
+                for s in range(len(pieces)):
+                    acc = ""
+                    for e in range(s, len(pieces)):
+                        acc += pieces[e]
+                        if len(acc) >= len(target):
+                            break
+                    if acc == target and pieces[s]:
+                        i, j = text_pos[s], text_pos[e]
+                        if logit(prob) > threshold and j - i < max_width:
+                            rows.append((b, i, j))
+                            logits.append(logit(prob))
+        return np.array(rows, dtype=np.int64).reshape(-1, 3), np.array(logits, dtype=np.float32)
+
+    def describe(self):
+        return {"backend": "fake"}

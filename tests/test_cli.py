@@ -1,0 +1,54 @@
+import json
+
+from typer.testing import CliRunner
+
+from hugie.cli import app
+from tests.conftest import synthetic_records
+
+runner = CliRunner()
+
+
+def test_convert_conll_then_eval_json(tmp_path, trained_model_dir):
+    conll = tmp_path / "d.conll"
+    lines = []
+    for rec in synthetic_records(12, seed=3):
+        if rec["text"].isascii():
+            continue
+        tags = ["O"] * len(rec["text"])
+        for e in rec["entities"]:
+            tags[e["start"]] = "B-" + e["type"]
+            for i in range(e["start"] + 1, e["end"]):
+                tags[i] = "I-" + e["type"]
+        lines += [f"{c} {t}" for c, t in zip(rec["text"], tags) if c.strip()] + [""]
+    conll.write_text("\n".join(lines), encoding="utf-8")
+    out = tmp_path / "d.jsonl"
+    res = runner.invoke(app, ["convert", str(conll), "-o", str(out), "--format", "conll"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", str(out), "--model", str(trained_model_dir), "--backend", "torch", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert set(result["ner"]) >= {"precision", "recall", "f1", "per_type", "passes_per_second"}
+    assert result["ner"]["f1"] >= 80 and result["reachable"] == 100.0
+
+
+def test_extract_instruction_entities_schema(tmp_path, trained_model_dir):
+    m = ["--model", str(trained_model_dir), "--backend", "torch"]
+    res = runner.invoke(app, ["extract", "昨天李四在上海开会。", "-i", "找到文章中所有【人名】类型的实体？", *m])
+    assert res.exit_code == 0, res.output
+    assert [s["text"] for s in json.loads(res.stdout)["spans"]] == ["李四"]
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名,地名", *m])
+    assert json.loads(res.stdout)["地名"][0]["text"] == "上海"
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}))
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), *m])
+    rel = json.loads(res.stdout)["relations"][0]
+    assert (rel["subject"]["text"], rel["object"]["text"]) == ("李四", "上海")
+
+
+def test_errors_are_reported_not_raised(tmp_path):
+    res = runner.invoke(app, ["eval", str(tmp_path / "missing.jsonl"), "--model", str(tmp_path)])
+    assert res.exit_code == 2 and "file not found" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": 1}\n')
+    res = runner.invoke(app, ["convert", str(bad), "-o", str(tmp_path / "o"), "--format", "nope"])
+    assert res.exit_code == 2 and "unknown input format" in res.output

@@ -1,0 +1,101 @@
+import pytest
+
+from hugie.errors import HugieError
+from hugie.extractor import Extractor
+from hugie.modeling import HugieConfig
+from tests.helpers import FakeBackend
+
+PER = "找到文章中所有【人名】类型的实体？"
+LOC = "找到文章中所有【地名】类型的实体？"
+
+
+def make(tiny_tokenizer, answers, **kw):
+    cfg = HugieConfig(max_span_width=16, threshold=0.5, max_seq_length=kw.pop("max_len", 128))
+    backend = FakeBackend(tiny_tokenizer, answers)
+    return Extractor(backend, tiny_tokenizer, cfg, **kw), backend
+
+
+def test_single_and_batched_extract_keep_order(tiny_tokenizer):
+    ex, backend = make(tiny_tokenizer, {PER: [("张三", 0.9), ("李四", 0.7)], LOC: [("北京", 0.8)]}, batch_size=2)
+    text = "张三和李四在北京"
+    spans = ex.extract(PER, text)
+    assert [(s.text, s.start, s.end) for s in spans] == [("张三", 0, 2), ("李四", 3, 5)]
+    assert spans[0].score == pytest.approx(0.9, abs=1e-4)
+    pairs = [(LOC, text), (PER, "李四"), (PER, text), (LOC, "上海")]
+    out = ex.extract(pairs)
+    assert [[s.text for s in r] for r in out] == [["北京"], ["李四"], ["张三", "李四"], []]
+    assert max(backend.calls) <= 2
+
+
+def test_threshold_and_top_k(tiny_tokenizer):
+    ex, _ = make(tiny_tokenizer, {PER: [("张三", 0.9), ("李四", 0.7)]})
+    assert [s.text for s in ex.extract(PER, "张三和李四", threshold=0.8)] == ["张三"]
+    assert [s.text for s in ex.extract(PER, "张三和李四", top_k=1)] == ["张三"]
+    assert len(ex.extract(PER, "张三和李四", threshold=0.0)) == 2
+    for bad in (1.5, -0.1, "x"):
+        with pytest.raises(HugieError, match="E003"):
+            ex.extract(PER, "张三", threshold=bad)
+    with pytest.raises(HugieError, match="E004"):
+        ex.extract(PER, "张三", top_k=0)
+
+
+def test_offsets_index_hostile_original_text(tiny_tokenizer):
+    ex, _ = make(tiny_tokenizer, {PER: [("张三", 0.9)]})
+    text = "😀\r\n＂e\u0301 张三😀张三"
+    spans = ex.extract(PER, text)
+    assert len(spans) == 2
+    for s in spans:
+        assert text[s.start:s.end] == s.text == "张三"
+
+
+def test_long_text_is_windowed_and_merged(tiny_tokenizer):
+    ex, backend = make(tiny_tokenizer, {PER: [("王小明", 0.9)]}, max_len=40)
+    text = "。".join(f"第{i}句王小明去了北京" for i in range(12))
+    spans = ex.extract(PER, text)
+    assert len(spans) == 12, "every mention found exactly once, across windows"
+    assert all(text[s.start:s.end] == "王小明" for s in spans)
+    assert sum(backend.calls) > 1
+
+
+def test_bad_inputs_raise_catalogued_errors(tiny_tokenizer):
+    ex, _ = make(tiny_tokenizer, {})
+    with pytest.raises(HugieError, match="E002"):
+        ex.extract("", "text")
+    with pytest.raises(HugieError, match="E001"):
+        ex.extract(PER, 5)
+    with pytest.raises(HugieError, match="E008"):
+        ex.extract([("only one",)])
+    with pytest.raises(HugieError, match="E007"):
+        ex.extract("人" * 200, "张三")
+    with pytest.raises(HugieError, match="E009"):
+        ex.extract_entities("张三", [])
+    with pytest.raises(HugieError, match="E005"):
+        ex.extract_schema("张三", {"types": []})
+    with pytest.raises(HugieError, match="E006"):
+        ex.extract_schema("张三", {"relations": [{"subject": "人名"}]})
+    assert ex.extract(PER, "") == []
+
+
+def test_extract_entities_and_schema_chaining(tiny_tokenizer):
+    answers = {PER: [("张三", 0.9), ("李四", 0.8)], LOC: [("北京", 0.9), ("上海", 0.6)],
+               "找到文章中【张三】的【出生地】？": [("北京", 0.5 + 0.4)],
+               "找到文章中【李四】的【出生地】？": [("上海", 0.75)]}
+    ex, backend = make(tiny_tokenizer, answers)
+    text = "张三出生于北京，李四出生于上海"
+    ents = ex.extract_entities(text, ["人名", "地名"])
+    assert [s.text for s in ents["人名"]] == ["张三", "李四"]
+    backend.calls.clear()
+    result = ex.extract_schema(text, {"entities": ["地名"],
+                                      "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]})
+    assert {(e["type"], e["text"]) for e in result["entities"]} == {
+        ("地名", "北京"), ("地名", "上海"), ("人名", "张三"), ("人名", "李四")}
+    triples = {(r["subject"]["text"], r["predicate"], r["object"]["text"]) for r in result["relations"]}
+    assert triples == {("张三", "出生地", "北京"), ("李四", "出生地", "上海")}
+    rel = next(r for r in result["relations"] if r["subject"]["text"] == "李四")
+    assert rel["score"] == pytest.approx(0.8 * 0.75, abs=1e-3) and rel["object"]["type"] == "地名"
+    assert len(backend.calls) == 2, "one batched entity pass, one batched relation pass"
+
+
+def test_english_instructions_are_chosen_for_english_text(tiny_tokenizer):
+    ex, _ = make(tiny_tokenizer, {"Find all entities of type [person].": [("Alice", 0.9)]})
+    assert [s.text for s in ex.extract_entities("Alice went to Paris.", ["person"])["person"]] == ["Alice"]

@@ -1,0 +1,364 @@
+"""SpanScore custom op and its standard-ONNX fallback against hugie.scoring.span_scores_reference."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from hugie.kernels import attach_span_scorer, build, custom_op_library, library_has_cuda, span_scorer_model
+from hugie.scoring import apply_rope, span_scores_reference
+
+KERNEL_DIR = Path(build.__file__).resolve().parent
+RTOL = ATOL = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_inputs(rng, batch, length, dim, mask_p=0.8):
+    return {
+        "q": rng.standard_normal((batch, length, dim), dtype=np.float32),
+        "k": rng.standard_normal((batch, length, dim), dtype=np.float32),
+        "start_bias": rng.standard_normal((batch, length), dtype=np.float32),
+        "end_bias": rng.standard_normal((batch, length), dtype=np.float32),
+        "span_mask": (rng.random((batch, length)) < mask_p).astype(np.int64),
+    }
+
+
+def band_logits(x, width):
+    """Reference logits of every in-band (i <= j < i + W) pair, for choosing safe thresholds."""
+    qr, kr = apply_rope(x["q"]), apply_rope(x["k"])
+    dim = x["q"].shape[-1]
+    logits = np.einsum("bid,bjd->bij", qr, kr) / np.sqrt(dim)
+    logits = logits + x["start_bias"][:, :, None] + x["end_bias"][:, None, :]
+    length = x["q"].shape[1]
+    offset = np.arange(length)[None, :] - np.arange(length)[:, None]
+    return logits[:, (offset >= 0) & (offset < width)].ravel()
+
+
+def pick_threshold(x, width, mode, rng):
+    """A float32-exact threshold at least 1e-3 away from every band logit (no near-ties)."""
+    if mode == "all":
+        return -1e30
+    values = np.sort(band_logits(x, width))
+    if mode == "none" or values.size == 0:
+        return float(np.float32((values.max() if values.size else 0.0) + 1.0))
+    start = int(rng.integers(0, values.size))
+    for idx in list(range(start, values.size - 1)) + list(range(start - 1, -1, -1)):
+        if values[idx + 1] - values[idx] > 2e-3:
+            return float(np.float32((values[idx] + values[idx + 1]) / 2))
+    return float(np.float32(values[-1] + 1.0))
+
+
+def session(model, library=None):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    if library:
+        opts.register_custom_ops_library(library)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run_scorer(x, threshold, width, library=None):
+    model = span_scorer_model(x["q"].shape[-1], threshold, width, use_custom_op=library is not None)
+    return session(model, library).run(None, x)
+
+
+def assert_same(got, want):
+    spans, scores = got
+    ref_spans, ref_scores = want
+    assert spans.dtype == np.int64 and spans.ndim == 2 and spans.shape[1] == 3
+    assert scores.dtype == np.float32 and scores.shape == (spans.shape[0],)
+    np.testing.assert_array_equal(spans, ref_spans)
+    np.testing.assert_allclose(scores, ref_scores, rtol=RTOL, atol=ATOL)
+
+
+# (batch, length, dim, max_width, threshold mode, mask probability)
+EDGE_CASES = {
+    "L1": (3, 1, 8, 4, "all", 1.0),
+    "L1_masked": (2, 1, 4, 4, "all", 0.0),
+    "all_masked": (3, 17, 8, 5, "all", 0.0),
+    "W_ge_L": (2, 12, 8, 40, "quantile", 0.8),
+    "W_eq_L": (2, 12, 8, 12, "quantile", 0.8),
+    "W1": (2, 30, 8, 1, "quantile", 0.9),
+    "nothing_above": (4, 25, 16, 8, "none", 0.9),
+    "everything_above": (3, 40, 16, 8, "all", 0.9),
+    "everything_above_full_mask": (2, 33, 4, 64, "all", 1.0),
+    "batch1": (1, 50, 16, 10, "quantile", 0.8),
+    "batch64": (64, 24, 8, 6, "quantile", 0.8),
+    "D2": (3, 40, 2, 12, "quantile", 0.8),
+    "D64": (3, 70, 64, 32, "quantile", 0.8),
+    "long_rows": (2, 150, 16, 130, "quantile", 0.7),  # several CPU row tasks per batch
+    "W0": (2, 10, 8, 0, "all", 1.0),
+}
+
+
+def random_cases(n=24, seed=1234):
+    rng = np.random.default_rng(seed)
+    cases = {}
+    for c in range(n):
+        cases[f"rand{c}"] = (
+            int(rng.choice([1, 2, 3, 5, 8])),
+            int(rng.integers(1, 90)),
+            int(rng.choice([2, 4, 6, 16, 32, 64])),
+            int(rng.choice([1, 3, 8, 16, 33, 200])),
+            str(rng.choice(["quantile", "quantile", "quantile", "none", "all"])),
+            float(rng.choice([0.3, 0.8, 1.0])),
+        )
+    return cases
+
+
+CASES = {**EDGE_CASES, **random_cases()}
+
+
+@pytest.fixture(scope="module")
+def library():
+    path = custom_op_library()
+    if path is None:
+        pytest.skip("SpanScore custom op library unavailable (see the hugie.kernels log line)")
+    return path
+
+
+@pytest.fixture(params=sorted(CASES), scope="module")
+def case(request):
+    batch, length, dim, width, mode, mask_p = CASES[request.param]
+    rng = np.random.default_rng(zlib.crc32(request.param.encode()))
+    x = make_inputs(rng, batch, length, dim, mask_p)
+    threshold = pick_threshold(x, width, mode, rng)
+    ref = span_scores_reference(
+        x["q"], x["k"], x["start_bias"], x["end_bias"], x["span_mask"], threshold, width
+    )
+    return x, threshold, width, ref
+
+
+# ---------------------------------------------------------------------------------------------
+# numerics
+
+
+def test_custom_op_matches_reference(library, case):
+    x, threshold, width, ref = case
+    assert_same(run_scorer(x, threshold, width, library), ref)
+
+
+def test_fallback_matches_reference(case):
+    x, threshold, width, ref = case
+    assert_same(run_scorer(x, threshold, width), ref)
+
+
+def test_custom_op_matches_fallback(library, case):
+    x, threshold, width, _ = case
+    fused = run_scorer(x, threshold, width, library)
+    fallback = run_scorer(x, threshold, width)
+    np.testing.assert_array_equal(fused[0], fallback[0])
+    np.testing.assert_allclose(fused[1], fallback[1], rtol=RTOL, atol=ATOL)
+
+
+def test_threshold_edge_modes_are_meaningful():
+    rng = np.random.default_rng(0)
+    x = make_inputs(rng, 2, 20, 8, 1.0)
+    for mode, expect_all in (("all", True), ("none", False)):
+        thr = pick_threshold(x, 5, mode, rng)
+        spans, _ = span_scores_reference(x["q"], x["k"], x["start_bias"], x["end_bias"], x["span_mask"], thr, 5)
+        band = sum(min(5, 20 - i) for i in range(20)) * 2
+        assert len(spans) == (band if expect_all else 0)
+
+
+def test_one_session_many_shapes(library):
+    """Dynamic B and L through a single session (cached RoPE table must grow and be reused)."""
+    rng = np.random.default_rng(7)
+    dim, width = 16, 9
+    fused = session(span_scorer_model(dim, 0.25, width, use_custom_op=True), library)
+    fallback = session(span_scorer_model(dim, 0.25, width, use_custom_op=False))
+    for batch, length in ((2, 5), (1, 90), (3, 30), (4, 130), (2, 1)):
+        x = make_inputs(rng, batch, length, dim)
+        ref = span_scores_reference(x["q"], x["k"], x["start_bias"], x["end_bias"], x["span_mask"], 0.25, width)
+        assert_same(fused.run(None, x), ref)
+        assert_same(fallback.run(None, x), ref)
+
+
+def test_custom_op_rejects_odd_dim(library):
+    model = span_scorer_model(4, 0.0, 3, use_custom_op=True)
+    for value in list(model.graph.input)[:2]:
+        value.type.tensor_type.shape.dim[2].dim_param = "dim"  # make D symbolic
+    x = make_inputs(np.random.default_rng(0), 1, 4, 3)
+    with pytest.raises(Exception, match="even"):
+        session(model, library).run(None, x)
+
+
+def test_custom_op_rejects_bad_shapes(library):
+    model = span_scorer_model(4, 0.0, 3, use_custom_op=True)
+    for value in model.graph.input:  # make everything dynamic so ORT does not reject it first
+        for d in value.type.tensor_type.shape.dim:
+            d.dim_param = "any"
+    x = make_inputs(np.random.default_rng(0), 2, 5, 4)
+    x["end_bias"] = x["end_bias"][:, :4].copy()
+    with pytest.raises(Exception, match="end_bias must have shape"):
+        session(model, library).run(None, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# graphs
+
+
+def tiny_encoder(dim):
+    """Encoder stand-in: projects hidden [B, L, H] to q, k [B, L, dim] and the two biases."""
+    rng = np.random.default_rng(3)
+    hidden = 6
+    weights = {
+        "wq": rng.standard_normal((hidden, dim)).astype(np.float32),
+        "wk": rng.standard_normal((hidden, dim)).astype(np.float32),
+        "ws": rng.standard_normal((hidden, 1)).astype(np.float32),
+        "we": rng.standard_normal((hidden, 1)).astype(np.float32),
+        "axes": np.array([-1], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["hidden", "wq"], ["q"]),
+        helper.make_node("MatMul", ["hidden", "wk"], ["k"]),
+        helper.make_node("MatMul", ["hidden", "ws"], ["s1"]),
+        helper.make_node("MatMul", ["hidden", "we"], ["e1"]),
+        helper.make_node("Squeeze", ["s1", "axes"], ["start_bias"]),
+        helper.make_node("Squeeze", ["e1", "axes"], ["end_bias"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["B", "L", hidden])],
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", "L", dim]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, ["B", "L", dim]),
+            helper.make_tensor_value_info("start_bias", TensorProto.FLOAT, ["B", "L"]),
+            helper.make_tensor_value_info("end_bias", TensorProto.FLOAT, ["B", "L"]),
+        ],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, weights
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["fallback", "fused"])
+def test_attach_span_scorer(fused):
+    lib = custom_op_library() if fused else None
+    if fused and lib is None:
+        pytest.skip("SpanScore custom op library unavailable")
+    dim, width, threshold = 8, 5, 0.5
+    encoder, w = tiny_encoder(dim)
+    model = attach_span_scorer(encoder, threshold, width, use_custom_op=fused)
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ["spans", "scores"]
+    assert "span_mask" in [i.name for i in model.graph.input]
+    assert len(encoder.graph.output) == 4  # the input model is left untouched
+
+    rng = np.random.default_rng(5)
+    hidden = rng.standard_normal((3, 21, 6)).astype(np.float32)
+    mask = (rng.random((3, 21)) < 0.8).astype(np.int64)
+    got = session(model, lib).run(None, {"hidden": hidden, "span_mask": mask})
+    q, k = hidden @ w["wq"], hidden @ w["wk"]
+    sb, eb = (hidden @ w["ws"])[..., 0], (hidden @ w["we"])[..., 0]
+    assert_same(got, span_scores_reference(q, k, sb, eb, mask, threshold, width))
+
+
+def test_attach_rejects_encoder_without_outputs():
+    encoder, _ = tiny_encoder(4)
+    del encoder.graph.output[1]  # drop k
+    with pytest.raises(ValueError, match="lacks outputs"):
+        attach_span_scorer(encoder, 0.0, 4, use_custom_op=False)
+
+
+def test_models_are_valid_onnx():
+    for fused in (False, True):
+        model = span_scorer_model(16, 0.0, 8, use_custom_op=fused)
+        onnx.checker.check_model(model, full_check=not fused)
+        assert [i.name for i in model.graph.input] == ["q", "k", "start_bias", "end_bias", "span_mask"]
+        assert [o.name for o in model.graph.output] == ["spans", "scores"]
+        if fused:
+            (node,) = model.graph.node
+            assert (node.domain, node.op_type) == ("hugie", "SpanScore")
+    fallback_ops = {n.op_type for n in span_scorer_model(16, 0.0, 8, use_custom_op=False).graph.node}
+    assert "MatMul" not in fallback_ops and "Einsum" not in fallback_ops  # nothing dense over L x L
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def test_library_is_cached_and_logged(library, caplog, monkeypatch):
+    import logging
+
+    assert Path(library).is_file()
+    assert custom_op_library(build=False) == library
+    caplog.set_level(logging.INFO, logger="hugie.kernels")
+    monkeypatch.setattr(build, "_resolved", {})  # resolve again (from the cache) and log again
+    monkeypatch.setattr(build, "_logged", set())
+    assert custom_op_library(build=False) == library
+    assert any("SpanScore: using fused custom op" in r.getMessage() for r in caplog.records)
+
+
+def test_unavailable_returns_none(monkeypatch, tmp_path, caplog):
+    import logging
+
+    monkeypatch.setattr(build, "_resolved", {})
+    monkeypatch.setattr(build, "_logged", set())
+    monkeypatch.setenv("HUGIE_CACHE", str(tmp_path))
+    monkeypatch.setenv("HUGIE_ORT_INCLUDE", str(tmp_path / "no-headers"))
+    caplog.set_level(logging.INFO, logger="hugie.kernels")
+    assert build.custom_op_library() is None
+    assert any("custom op unavailable" in r.getMessage() and "fallback" in r.getMessage() for r in caplog.records)
+
+
+def test_debian_source_parsing(tmp_path):
+    parts = tmp_path / "sources.list.d"
+    parts.mkdir()
+    (parts / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+        "Components: main\nSigned-By: /keys/debian.gpg\n"
+    )
+    assert build._debian_source(tmp_path) == ("http://mirror.example/debian", "/keys/debian.gpg")
+    (parts / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n")
+    assert build._debian_source(tmp_path) == ("http://m.example/debian", "/k.gpg")
+
+
+def test_library_has_cuda_when_nvcc_present(library):
+    if build._find_nvcc() is None:
+        pytest.skip("nvcc not found")
+    assert library_has_cuda(library)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_cuda_source_compiles(tmp_path):
+    cmd = ["nvcc", "-std=c++17", "-Xcompiler", "-fPIC", "-gencode=arch=compute_75,code=compute_75",
+           "-c", str(KERNEL_DIR / "span_score_cuda.cu"), "-o", str(tmp_path / "span_score_cuda.o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "span_score_cuda.o").stat().st_size > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(), reason="CUDAExecutionProvider not available"
+)
+def test_cuda_kernel_matches_reference(library):
+    if not library_has_cuda(library):
+        pytest.skip("library built without the CUDA kernel")
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(library)
+    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")  # SpanScore must run on CUDA
+    rng = np.random.default_rng(11)
+    for name in ("L1", "all_masked", "W_ge_L", "everything_above", "batch64", "D2", "D64", "long_rows", "rand3"):
+        batch, length, dim, width, mode, mask_p = CASES[name]
+        x = make_inputs(rng, batch, length, dim, mask_p)
+        threshold = pick_threshold(x, width, mode, rng)
+        model = span_scorer_model(dim, threshold, width, use_custom_op=True)
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
+        ref = span_scores_reference(x["q"], x["k"], x["start_bias"], x["end_bias"], x["span_mask"], threshold, width)
+        assert_same(sess.run(None, x), ref)

@@ -1,0 +1,89 @@
+"""ONNX export and the onnxruntime engine: same spans as torch, fused op or fallback."""
+
+import json
+
+import pytest
+
+from hugie.extractor import Extractor
+from tests.conftest import synthetic_records
+
+PER = "找到文章中所有【人名】类型的实体？"
+LOC = "找到文章中所有【地名】类型的实体？"
+
+
+@pytest.fixture(scope="module")
+def exported(trained_model_dir, tmp_path_factory):
+    from hugie.export import export_model
+
+    out = tmp_path_factory.mktemp("onnx")
+    fp32 = export_model(trained_model_dir, out / "fp32")
+    int8 = export_model(trained_model_dir, out / "int8", quantize="int8")
+    return fp32, int8
+
+
+def pairs():
+    texts = [r["text"] for r in synthetic_records(40, seed=11)]
+    texts += ["😀张三\r\n在北京。" * 3, "", "   "]
+    return [(ins, t) for t in texts for ins in (PER, LOC)]
+
+
+def test_export_directory_is_self_describing(exported):
+    fp32, int8 = exported
+    for d, q in ((fp32, "none"), (int8, "int8")):
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["onnx"]["quantize"] == q and (d / cfg["onnx"]["file"]).exists()
+        assert (d / "tokenizer.json").exists() and cfg["instructions"]["zh"]["entity"]
+    assert (int8 / "encoder.onnx").stat().st_size < (fp32 / "encoder.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("use_custom_op", [True, False])
+def test_onnx_fp32_gives_the_same_spans_as_torch(trained_model_dir, exported, use_custom_op):
+    from hugie.backends.onnx import OnnxBackend
+
+    torch_ex = Extractor.load(trained_model_dir, backend="torch", device="cpu")
+    onnx_ex = Extractor.load(exported[0], backend="onnx", device="cpu")
+    onnx_ex.backend = OnnxBackend(exported[0], onnx_ex.config, device="cpu", use_custom_op=use_custom_op)
+    if use_custom_op and onnx_ex.backend.library is None:
+        pytest.skip("SpanScore custom op could not be built here")
+    a = torch_ex.extract(pairs(), threshold=0.3)
+    b = onnx_ex.extract(pairs(), threshold=0.3)
+    found = 0
+    for sa, sb in zip(a, b):
+        keys_a = {(s.start, s.end) for s in sa if abs(s.score - 0.3) > 1e-3}
+        keys_b = {(s.start, s.end) for s in sb if abs(s.score - 0.3) > 1e-3}
+        assert keys_a == keys_b
+        found += len(keys_a)
+        for x in sa:
+            y = next((y for y in sb if (y.start, y.end) == (x.start, x.end)), None)
+            if y is not None:
+                assert abs(x.score - y.score) < 1e-3
+    assert found > 20, "the fixture model must actually find spans"
+
+
+def test_int8_model_still_extracts(exported):
+    ex = Extractor.load(exported[1], backend="onnx", device="cpu")
+    assert [s.text for s in ex.extract(PER, "昨天李四在上海开会。")] == ["李四"]
+    info = ex.info()
+    assert info["backend"] == "onnx" and "CPUExecutionProvider" in info["providers"]
+
+
+def test_auto_backend_prefers_onnx_and_cuda_request_fails_clearly(exported):
+    import onnxruntime
+
+    from hugie.errors import HugieError
+
+    assert Extractor.load(exported[0]).backend.name == "onnx"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(HugieError, match="E014"):
+            Extractor.load(exported[0], backend="onnx", device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_provider_matches_cpu(exported):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("no CUDA execution provider")
+    cpu = Extractor.load(exported[0], backend="onnx", device="cpu").extract(pairs())
+    gpu = Extractor.load(exported[0], backend="onnx", device="cuda").extract(pairs())
+    assert [[(s.start, s.end) for s in x] for x in cpu] == [[(s.start, s.end) for s in x] for x in gpu]

