@@ -260,12 +260,13 @@ def batch(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
 ) -> None:
     """Run an instruction or a schema over a file of documents; JSONL out, resumable."""
-    from .batch import LocalRunner, RemoteRunner, load_schema, run_batch
+    from .batch import LocalRunner, RemoteRunner, check_output, load_schema, run_batch
 
     try:
         if (instruction is None) == (schema is None):
             raise typer.BadParameter("give exactly one of --instruction, --schema")
         schema_obj = load_schema(schema) if schema is not None else None
+        check_output(output, resume, overwrite)  # before loading a model
         if url:
             from .client import Client
 

@@ -39,6 +39,20 @@ MESSAGES: dict[str, str] = {
     "E030": "training config {file}: {reason}",
     "E031": "no training examples were built from {datasets}",
     "E032": "checkpoint {path} was written by a different config ({reason}); use a new output dir",
+    # service (HTTP layer: limits, overload, timeouts, auth, readiness)
+    "E100": "{field} is {value} characters; the limit is {limit} ({setting})",
+    "E101": "request body is {value} bytes; the limit is {limit} bytes (HUGIE_MAX_BODY_BYTES)",
+    "E102": "batch has {value} items; the limit is {limit} (HUGIE_MAX_BATCH_ITEMS)",
+    "E103": "server is overloaded: {value} passes queued, the limit is {limit} (HUGIE_MAX_QUEUE); "
+            "retry after {retry_after} s",
+    "E104": "request took longer than the {limit} s limit (HUGIE_REQUEST_TIMEOUT_S)",
+    "E105": "missing or invalid API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+    "E106": "the model is not ready yet ({state})",
+    "E107": "invalid request: {details}",
+    "E108": "internal error ({type}); see the server log for request {request_id}",
+    "E109": "{detail}",
+    "E110": "the model failed to load: {reason}",
+    "E111": "the server is shutting down",
 }
 
 

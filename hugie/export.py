@@ -53,12 +53,20 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
     return path
 
 
-def optimize(source: Path, target: Path, num_heads: int, hidden_size: int, fp16: bool = False) -> Path:
-    """onnxruntime transformer fusions (attention, LayerNorm, GELU); optional fp16 weights."""
+def optimize(source: Path, target: Path, num_heads: int, hidden_size: int, fp16: bool = False,
+             fuse_embeddings: bool = True) -> Path:
+    """onnxruntime transformer fusions (attention, LayerNorm, GELU); optional fp16 weights.
+
+    ``fuse_embeddings=False`` keeps the word-embedding Gather visible so int8 quantization can
+    shrink the embedding table (the fused EmbedLayerNormalization keeps it in fp32).
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = fuse_embeddings
     opt = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                         opt_level=1 if fp16 else 0)
+                         opt_level=1 if fp16 else 0, optimization_options=options)
     if fp16:
         opt.convert_float_to_float16(keep_io_types=True)
     fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
@@ -104,7 +112,7 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
     with tempfile.TemporaryDirectory() as tmp:
         raw = export_onnx(model, Path(tmp) / "raw.onnx", opset=opset)
         optimized = optimize(raw, Path(tmp) / "opt.onnx", enc.num_attention_heads, enc.hidden_size,
-                             fp16=quantize == "fp16")
+                             fp16=quantize == "fp16", fuse_embeddings=quantize != "int8")
         final = output / ENCODER_FILE
         if quantize == "int8":
             quantize_int8(optimized, final)

@@ -1,0 +1,62 @@
+# syntax=docker/dockerfile:1
+# hugie service images. The default model ships inside the package (hugie/models/hugie-small/).
+#   CPU:  docker build -t hugie:cpu .                      (the default target)
+#   GPU:  docker build --target gpu -t hugie:gpu .          (run with --gpus all)
+#   run:  docker run -p 8000:8000 [-e HUGIE_API_KEY=...] hugie:cpu
+# Settings come from HUGIE_* environment variables (see `hugie serve --help`).
+
+ARG PYTHON_VERSION=3.11
+
+# ---------------------------------------------------------------- build: one wheel, model included
+FROM python:${PYTHON_VERSION}-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY hugie/ hugie/
+COPY api/ api/
+COPY training/ training/
+RUN test -f hugie/models/hugie-small/config.json \
+    || { echo "hugie/models/hugie-small/ is missing: put the default model there before building" >&2; exit 1; }
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---------------------------------------------------------------- GPU: CUDA runtime + onnxruntime-gpu
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS gpu
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-pip \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 --user-group hugie
+COPY --from=build /wheels /wheels
+# onnxruntime-gpu shares its import name with onnxruntime: swap one for the other
+RUN python3 -m pip install /wheels/*.whl \
+    && python3 -m pip uninstall -y onnxruntime \
+    && python3 -m pip install "onnxruntime-gpu>=1.17" \
+    && rm -rf /wheels
+USER 10001:10001
+WORKDIR /home/hugie
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+CMD ["hugie", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---------------------------------------------------------------- CPU (default target): CPU-only torch
+FROM python:${PYTHON_VERSION}-slim AS cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --create-home --uid 10001 --user-group hugie
+COPY --from=build /wheels /wheels
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.2" \
+    && pip install /wheels/*.whl \
+    && rm -rf /wheels
+USER 10001:10001
+WORKDIR /home/hugie
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+CMD ["hugie", "serve", "--host", "0.0.0.0", "--port", "8000"]

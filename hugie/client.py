@@ -1,0 +1,263 @@
+"""Python SDK for the hugie service: :class:`Client` and :class:`AsyncClient` (httpx).
+
+>>> with Client("http://127.0.0.1:8000") as c:                      # doctest: +SKIP
+...     c.extract("找到文章中所有【人名】类型的实体？", "张三去了北京。")
+[Span(text='张三', start=0, end=2, score=0.97)]
+
+Results are the pydantic models of :mod:`hugie.types`. Every failure is one exception,
+:class:`HugieAPIError` (status, code, message, request_id). 429 and 503 answers and connection
+errors are retried with exponential backoff (``Retry-After`` honoured). Light on purpose:
+importing this module never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+import uuid
+from typing import Any, Iterable, Sequence
+
+import httpx
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt
+
+from .types import BatchResponse, ExtractRequest, Schema, SchemaResult, Span, SpanResponse
+
+RETRY_STATUSES = frozenset({429, 503})
+Item = Any  # (instruction, text) | {"instruction"|"schema", "text", ...} | ExtractRequest
+
+
+class HugieAPIError(Exception):
+    """An error answer from the service (or no answer: ``status`` 0, code ``connection``)."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
+                 retry_after: float | None = None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+        super().__init__(f"HTTP {status} [{code}] {message}" + (f" (request {request_id})" if request_id else ""))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _check(response: httpx.Response) -> Any:
+    """The JSON body of a 2xx answer, else :class:`HugieAPIError` from the error body."""
+    if response.is_success:
+        return response.json()
+    request_id = response.headers.get("x-request-id")
+    code, message = f"HTTP{response.status_code}", response.text[:500] or response.reason_phrase
+    try:
+        err = response.json()["error"]
+        code, message, request_id = err["code"], err["message"], err.get("request_id") or request_id
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise HugieAPIError(response.status_code, code, message, request_id,
+                        _retry_after(response.headers.get("retry-after")))
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, HugieAPIError):
+        return exc.status in RETRY_STATUSES
+    return isinstance(exc, httpx.TransportError)
+
+
+def _as_item(item: Item, threshold: float | None, top_k: int | None) -> dict:
+    if isinstance(item, ExtractRequest):
+        body = item.model_dump(by_alias=True, exclude_none=True)
+    elif isinstance(item, dict):
+        body = dict(item)
+        if isinstance(body.get("schema"), Schema):
+            body["schema"] = body["schema"].model_dump()
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        body = {"instruction": item[0], "text": item[1]}
+    else:
+        raise TypeError(f"a batch item is (instruction, text), a dict or an ExtractRequest, got {item!r}")
+    if threshold is not None:
+        body.setdefault("threshold", threshold)
+    if top_k is not None:
+        body.setdefault("top_k", top_k)
+    return body
+
+
+def _schema_body(text: str, schema, threshold, top_k) -> dict:
+    body = {"text": text, "schema": schema.model_dump() if isinstance(schema, Schema) else schema}
+    return _as_item(body, threshold, top_k)
+
+
+def _results(data: dict) -> list[list[Span] | SchemaResult]:
+    out = []
+    for r in BatchResponse.model_validate(data).results:
+        out.append(r.spans if isinstance(r, SpanResponse) else r)
+    return out
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class _Base:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, retries: int, backoff: float,
+                 max_backoff: float, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.batch_size = batch_size
+        self.headers = {"User-Agent": "hugie-client", **({"X-API-Key": api_key} if api_key else {})}
+        self.timeout = httpx.Timeout(timeout)
+
+    def _wait(self, state) -> float:
+        """Retry-After when the server gave one, else exponential backoff with jitter."""
+        exc = state.outcome.exception()
+        if isinstance(exc, HugieAPIError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_backoff)
+        return min(self.max_backoff, self.backoff * 2 ** (state.attempt_number - 1)) * (0.5 + random.random() / 2)
+
+    def _retry_args(self) -> dict:
+        return dict(stop=stop_after_attempt(self.retries + 1), wait=self._wait,
+                    retry=retry_if_exception(_retryable), reraise=True, sleep=self._sleep)
+
+    @staticmethod
+    def _request_headers() -> dict:
+        return {"X-Request-ID": uuid.uuid4().hex}
+
+
+def _connection_error(exc: httpx.TransportError, url: str) -> HugieAPIError:
+    return HugieAPIError(0, "connection", f"{type(exc).__name__} talking to {url}: {exc}")
+
+
+class Client(_Base):
+    """Blocking client. ``batch_size``: items per ``/extract/batch`` call (the server's limit is 64)."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
+                 batch_size: int = 32, transport: httpx.BaseTransport | None = None):
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, batch_size)
+        self._sleep = time.sleep
+        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
+                                  transport=transport)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        try:
+            for attempt in Retrying(**self._retry_args()):
+                with attempt:
+                    return _check(self._http.request(method, path, json=body, headers=self._request_headers()))
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, self.base_url + path) from exc
+
+    def extract(self, instruction: str, text: str, *, threshold: float | None = None,
+                top_k: int | None = None) -> list[Span]:
+        """Spans answering ``instruction`` in ``text``."""
+        body = _as_item((instruction, text), threshold, top_k)
+        return SpanResponse.model_validate(self._call("POST", "/extract", body)).spans
+
+    def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
+                       top_k: int | None = None) -> SchemaResult:
+        """Entities and relations of ``schema`` in ``text``."""
+        data = self._call("POST", "/extract", _schema_body(text, schema, threshold, top_k))
+        return SchemaResult.model_validate(data)
+
+    def extract_batch(self, items: Iterable[Item], *, threshold: float | None = None,
+                      top_k: int | None = None) -> list[list[Span] | SchemaResult]:
+        """One result per item, in order (spans for instructions, a SchemaResult for schemas);
+        sent ``batch_size`` items per request."""
+        bodies = [_as_item(item, threshold, top_k) for item in items]
+        out: list = []
+        for chunk in _chunks(bodies, self.batch_size):
+            out += _results(self._call("POST", "/extract/batch", {"items": list(chunk)}))
+        return out
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def ready(self) -> dict:
+        return self._call("GET", "/ready")
+
+    def info(self) -> dict:
+        return self._call("GET", "/info")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """Asyncio client; ``extract_batch`` sends up to ``concurrency`` chunks at a time."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
+                 batch_size: int = 32, concurrency: int = 4, transport: httpx.AsyncBaseTransport | None = None):
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, batch_size)
+        self.concurrency = concurrency
+        self._sleep = asyncio.sleep
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
+                                       transport=transport)
+
+    async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        try:
+            async for attempt in AsyncRetrying(**self._retry_args()):
+                with attempt:
+                    response = await self._http.request(method, path, json=body, headers=self._request_headers())
+                    return _check(response)
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, self.base_url + path) from exc
+
+    async def extract(self, instruction: str, text: str, *, threshold: float | None = None,
+                      top_k: int | None = None) -> list[Span]:
+        body = _as_item((instruction, text), threshold, top_k)
+        return SpanResponse.model_validate(await self._call("POST", "/extract", body)).spans
+
+    async def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
+                             top_k: int | None = None) -> SchemaResult:
+        data = await self._call("POST", "/extract", _schema_body(text, schema, threshold, top_k))
+        return SchemaResult.model_validate(data)
+
+    async def extract_batch(self, items: Iterable[Item], *, threshold: float | None = None,
+                            top_k: int | None = None) -> list[list[Span] | SchemaResult]:
+        bodies = [_as_item(item, threshold, top_k) for item in items]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def send(chunk):
+            async with gate:
+                return _results(await self._call("POST", "/extract/batch", {"items": list(chunk)}))
+
+        parts = await asyncio.gather(*(send(c) for c in _chunks(bodies, self.batch_size)))
+        return [r for part in parts for r in part]
+
+    async def health(self) -> dict:
+        return await self._call("GET", "/health")
+
+    async def ready(self) -> dict:
+        return await self._call("GET", "/ready")
+
+    async def info(self) -> dict:
+        return await self._call("GET", "/info")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
