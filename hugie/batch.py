@@ -1,9 +1,11 @@
 """``hugie batch``: run one instruction or schema over a file of documents, resumably.
 
 Inputs: ``.jsonl`` (text/id fields), ``.txt`` (one document per line; id = line number),
-``.csv`` / ``.tsv`` (text/id columns), or ``-`` for stdin. Output: JSONL, one record per input
-document, ``{"id": ..., "spans": [...]}`` (instruction) or ``{"id": ..., "entities": [...],
-"relations": [...]}`` (schema), in input order and flushed as it goes.
+``.csv`` / ``.tsv`` (text/id columns), ``.parquet`` (text/id columns; id = row number; needs
+pyarrow), or ``-`` for stdin; a path may also be an fsspec URL (``s3://…``, ``gs://…``, ``https://…``).
+Output: JSONL, one record per input document, ``{"id": ..., "spans": [...]}`` (instruction) or
+``{"id": ..., "entities": [...], "relations": [...]}`` (schema), in input order and flushed as it goes.
+``hugie batch --engine ray`` runs the same on a Ray cluster (see ``hugie.distributed``).
 
 Records that cannot be processed (invalid JSON, missing or non-string text, duplicate id, an
 input the model rejects) go to the errors file with their line number and reason; the run goes on.
@@ -16,9 +18,9 @@ every input record ends up exactly once in the output or the errors file.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -33,8 +35,8 @@ from .types import Schema
 log = logging.getLogger("hugie.batch")
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".txt": "txt", ".csv": "csv", ".tsv": "tsv",
-           ".tab": "tsv"}
-CHOICES = ("auto", "jsonl", "txt", "csv", "tsv")
+           ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+CHOICES = ("auto", "jsonl", "txt", "csv", "tsv", "parquet")
 
 
 @dataclass
@@ -86,12 +88,68 @@ def detect_format(path: str, fmt: str = "auto") -> str:
     return FORMATS[suffix]
 
 
-def _binary_lines(path: str) -> Iterator[tuple[int, bytes]]:
+def is_url(path: str) -> bool:
+    """``s3://…``, ``gs://…``, ``https://…``: read through fsspec."""
+    return "://" in str(path)
+
+
+def input_exists(path: str) -> bool:
     if path == "-":
-        yield from enumerate(sys.stdin.buffer, 1)
+        return True
+    if is_url(path):
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(path)
+        return fs.exists(target)
+    return Path(path).exists()
+
+
+def open_binary(path: str):
+    """A binary file object for a local path or an fsspec URL."""
+    if is_url(path):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return open(path, "rb")
+
+
+@dataclass
+class Cursor:
+    """Where a reader stands: bytes (rows for Parquet) consumed and the last line number read.
+
+    The Ray engine cuts the input into partitions at these positions and re-reads each one with
+    ``read_inputs(..., start=, end=, first_line=)``; ``columns`` is the CSV header.
+    """
+
+    pos: int = 0
+    line: int = 0
+    columns: list[str] | None = None
+
+
+def _binary_lines(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Raw lines (with their end of line) from byte ``start`` to the first line starting at or after ``end``."""
+    if path == "-":
+        yield from sys.stdin.buffer
         return
-    with open(path, "rb") as fh:
-        yield from enumerate(fh, 1)
+    with open_binary(path) as fh:
+        if start:
+            fh.seek(start)
+        pos = start
+        for raw in fh:
+            if end is not None and pos >= end:
+                return
+            pos += len(raw)
+            yield raw
+
+
+def _numbered(raws: Iterator[bytes], first_line: int, cursor: Cursor | None) -> Iterator[tuple[int, bytes]]:
+    line = first_line - 1
+    for raw in raws:
+        line += 1
+        if cursor is not None:
+            cursor.pos += len(raw)
+            cursor.line = line
+        yield line, raw
 
 
 def _bad(line: int, code: str, rid: Any = None, **details) -> BadRecord:
@@ -110,9 +168,16 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
-def _read_jsonl(path: str, text_field: str, id_field: str) -> Iterator[Record | BadRecord]:
-    for line, raw in _binary_lines(path):
-        decoded = _decode(raw, line, path)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_REASON = "has a lone surrogate (a \\ud800-\\udfff escape): not valid Unicode"
+
+
+def _read_jsonl(path: str, text_field: str, id_field: str, start: int = 0, end: int | None = None,
+                first_line: int = 1, cursor: Cursor | None = None,
+                name: str | None = None) -> Iterator[Record | BadRecord]:
+    name = name or path
+    for line, raw in _numbered(_binary_lines(path, start, end), first_line, cursor):
+        decoded = _decode(raw, line, name)
         if isinstance(decoded, BadRecord):
             yield decoded
             continue
@@ -121,86 +186,199 @@ def _read_jsonl(path: str, text_field: str, id_field: str) -> Iterator[Record | 
         try:
             obj = json.loads(decoded)
         except json.JSONDecodeError as exc:
-            yield _bad(line, "E020", file=path, reason=exc.msg)
+            yield _bad(line, "E020", file=name, reason=exc.msg)
             continue
         if not isinstance(obj, dict):
-            yield _bad(line, "E023", file=path, reason=f"record must be a JSON object, got {type(obj).__name__}")
+            yield _bad(line, "E023", file=name, reason=f"record must be a JSON object, got {type(obj).__name__}")
             continue
         rid = obj.get(id_field)
         if rid is not None and not _valid_id(rid):
-            yield _bad(line, "E021", file=path, field=id_field,
+            yield _bad(line, "E021", file=name, field=id_field,
                        reason=f"must be a string or number, got {type(rid).__name__}")
+            continue
+        if isinstance(rid, str) and _SURROGATE.search(rid):  # a "\\ud800" escape: cannot be written back as UTF-8
+            yield _bad(line, "E021", file=name, field=id_field, reason=_SURROGATE_REASON)
             continue
         rid = line if rid is None else rid
         text = obj.get(text_field)
         if text_field not in obj:
-            yield _bad(line, "E021", rid, file=path, field=text_field, reason="is missing")
+            yield _bad(line, "E021", rid, file=name, field=text_field, reason="is missing")
         elif not isinstance(text, str):
-            yield _bad(line, "E021", rid, file=path, field=text_field,
+            yield _bad(line, "E021", rid, file=name, field=text_field,
                        reason=f"must be a string, got {type(text).__name__}")
+        elif _SURROGATE.search(text):
+            yield _bad(line, "E021", rid, file=name, field=text_field, reason=_SURROGATE_REASON)
         else:
             yield Record(line, rid, text)
 
 
-def _read_txt(path: str) -> Iterator[Record | BadRecord]:
-    for line, raw in _binary_lines(path):
-        decoded = _decode(raw, line, path)
+def _read_txt(path: str, start: int = 0, end: int | None = None, first_line: int = 1,
+              cursor: Cursor | None = None, name: str | None = None) -> Iterator[Record | BadRecord]:
+    name = name or path
+    for line, raw in _numbered(_binary_lines(path, start, end), first_line, cursor):
+        decoded = _decode(raw, line, name)
         if isinstance(decoded, BadRecord):
             yield decoded
         elif decoded.strip():
             yield Record(line, line, decoded)
 
 
-def _read_table(path: str, delimiter: str, text_field: str, id_field: str) -> Iterator[Record | BadRecord]:
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+def _text_lines(raws: Iterator[bytes], cursor: Cursor, end: int | None = None) -> Iterator[str]:
+    r"""Lines as ``open(newline="")`` gives them (ends kept; ``\n``, ``\r\n`` or a lone ``\r``), counted,
+    up to the first one starting at or after byte ``end``."""
+    for raw in raws:
+        for piece in (_LONE_CR.split(raw) if b"\r" in raw else (raw,)):
+            if end is not None and cursor.pos >= end:
+                return
+            if piece:
+                cursor.pos += len(piece)
+                cursor.line += 1
+                yield piece.decode("utf-8", errors="surrogateescape")
+
+
+def _read_table(path: str, delimiter: str, text_field: str, id_field: str, start: int = 0, end: int | None = None,
+                first_line: int = 1, cursor: Cursor | None = None,
+                columns: list[str] | None = None, name: str | None = None) -> Iterator[Record | BadRecord]:
+    """CSV/TSV rows; a row's line is the last physical line it spans. ``columns``: the header, when
+    reading from a ``start`` past it."""
+    name = name or path
+    cursor = cursor if cursor is not None else Cursor(start, first_line - 1)
+    reader = csv.DictReader(_text_lines(_binary_lines(path, start, end), cursor, end), fieldnames=columns,
+                            delimiter=delimiter)
+    columns = reader.fieldnames or []
+    cursor.columns = list(columns)
+    if text_field not in columns:
+        raise HugieError("E021", file=name, line=1, field=text_field,
+                         reason=f"is not a column (columns: {', '.join(columns) or 'none'}); use --text-field")
+    for row in reader:
+        line = cursor.line
+        text = row.get(text_field)
+        rid = row.get(id_field) if id_field in columns and row.get(id_field) not in (None, "") else line
+        if text is None:
+            yield _bad(line, "E021", rid, file=name, field=text_field, reason="is missing (short row)")
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            yield _bad(line, "E023", rid, file=name, reason="not valid UTF-8")
+            continue
+        if text.strip():
+            yield Record(line, rid, text)
+
+
+def _parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise HugieError("E022", file="(parquet)", format="parquet",
+                         choices="jsonl, txt, csv, tsv (Parquet needs pyarrow: pip install pyarrow)") from exc
+    return pq
+
+
+def parquet_rows(path: str) -> int:
+    with open_binary(path) as fh:
+        return _parquet().ParquetFile(fh).metadata.num_rows
+
+
+def _read_parquet(path: str, text_field: str, id_field: str, start: int = 0, end: int | None = None,
+                  cursor: Cursor | None = None, name: str | None = None) -> Iterator[Record | BadRecord]:
+    """Rows ``[start, end)`` of a Parquet file; a row's line is its 1-based row number."""
+    name = name or path
     if path == "-":
-        fh = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="")
-    else:
-        fh = open(path, encoding="utf-8", errors="surrogateescape", newline="")
-    with fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        columns = reader.fieldnames or []
+        raise HugieError("E022", file=name, format="parquet", choices="jsonl, txt, csv, tsv (stdin)")
+    pq = _parquet()
+    with open_binary(path) as fh:
+        pf = pq.ParquetFile(fh)
+        columns = pf.schema_arrow.names
         if text_field not in columns:
-            raise HugieError("E021", file=path, line=1, field=text_field,
+            raise HugieError("E021", file=name, line=1, field=text_field,
                              reason=f"is not a column (columns: {', '.join(columns) or 'none'}); use --text-field")
-        for row in reader:
-            line = reader.line_num
-            text = row.get(text_field)
-            rid = row.get(id_field) if id_field in columns and row.get(id_field) not in (None, "") else line
-            if text is None:
-                yield _bad(line, "E021", rid, file=path, field=text_field, reason="is missing (short row)")
+        wanted = [text_field] + ([id_field] if id_field in columns and id_field != text_field else [])
+        first = 0
+        for group in range(pf.num_row_groups):
+            n = pf.metadata.row_group(group).num_rows
+            if first + n <= start:
+                first += n
                 continue
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                yield _bad(line, "E023", rid, file=path, reason="not valid UTF-8")
-                continue
-            if text.strip():
-                yield Record(line, rid, text)
+            if end is not None and first >= end:
+                return
+            table = pf.read_row_group(group, columns=wanted)
+            texts = table.column(text_field).to_pylist()
+            ids = table.column(id_field).to_pylist() if id_field in wanted else [None] * n
+            for offset in range(max(0, start - first), n):
+                index = first + offset
+                if end is not None and index >= end:
+                    return
+                line = index + 1
+                if cursor is not None:
+                    cursor.pos, cursor.line = index + 1, line
+                rid, text = ids[offset], texts[offset]
+                if rid is not None and rid != "" and not _valid_id(rid):
+                    yield _bad(line, "E021", file=name, field=id_field,
+                               reason=f"must be a string or number, got {type(rid).__name__}")
+                    continue
+                rid = line if rid is None or rid == "" else rid
+                if text is None:
+                    yield _bad(line, "E021", rid, file=name, field=text_field, reason="is missing (null)")
+                elif not isinstance(text, str):
+                    yield _bad(line, "E021", rid, file=name, field=text_field,
+                               reason=f"must be a string, got {type(text).__name__}")
+                elif text.strip():
+                    yield Record(line, rid, text)
+            first += n
 
 
-def read_inputs(path: str, fmt: str = "auto", text_field: str = "text",
-                id_field: str = "id") -> Iterator[Record | BadRecord]:
-    """Documents and bad records of ``path`` (``-`` = stdin), in input order; blank lines are skipped."""
-    if path != "-" and not Path(path).exists():
+def read_inputs(path: str, fmt: str = "auto", text_field: str = "text", id_field: str = "id", *,
+                start: int = 0, end: int | None = None, first_line: int = 1, columns: list[str] | None = None,
+                cursor: Cursor | None = None, name: str | None = None) -> Iterator[Record | BadRecord]:
+    """Documents and bad records of ``path`` (``-`` = stdin, or an fsspec URL), in input order;
+    blank lines are skipped.
+
+    ``start``/``end`` (bytes; rows for Parquet), ``first_line`` and ``columns`` read one partition
+    of the input, as cut by the Ray engine from a ``cursor`` that a full read kept up to date;
+    ``name``: how messages spell the file (default ``path``).
+    """
+    if not input_exists(path):
         raise HugieError("E024", file=path)
     fmt = detect_format(path, fmt)
+    if cursor is not None:
+        cursor.pos, cursor.line = start, first_line - 1
     if fmt == "jsonl":
-        return _read_jsonl(path, text_field, id_field)
+        return _read_jsonl(path, text_field, id_field, start, end, first_line, cursor, name)
     if fmt == "txt":
-        return _read_txt(path)
-    return _read_table(path, "," if fmt == "csv" else "\t", text_field, id_field)
+        return _read_txt(path, start, end, first_line, cursor, name)
+    if fmt == "parquet":
+        return _read_parquet(path, text_field, id_field, start, end, cursor, name)
+    return _read_table(path, "," if fmt == "csv" else "\t", text_field, id_field, start, end, first_line, cursor,
+                       columns, name)
 
 
 def count_records(path: str, fmt: str = "auto") -> int | None:
-    """Roughly how many records ``path`` holds (for the progress bar); None for stdin."""
-    if path == "-":
+    """Roughly how many records ``path`` holds (for the progress bar); None for stdin and URLs."""
+    if path == "-" or is_url(path):
         return None
+    fmt = detect_format(path, fmt)
+    if fmt == "parquet":
+        return parquet_rows(path)
     with open(path, "rb") as fh:
         n = sum(1 for raw in fh if raw.strip())
-    return max(0, n - 1) if detect_format(path, fmt) in ("csv", "tsv") else n
+    return max(0, n - 1) if fmt in ("csv", "tsv") else n
+
+
+def duplicate_error(item: Record, input: str, first_line: int) -> BadRecord:
+    """The errors-file entry for a second record with an id already seen at ``first_line``."""
+    return _bad(item.line, "E023", item.id, file=input,
+                reason=f"duplicate id {item.id!r} (first at line {first_line}); ids must be unique")
 
 
 # ---------------------------------------------------------------------- resume
+def input_label(input: str) -> str:
+    return Path(input).name if input != "-" else "stdin"
+
+
 def _id_key(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -373,7 +551,7 @@ def run_batch(input: str, output: str | Path, runner: Callable[[Sequence[str]], 
 
     with open(output, mode, encoding="utf-8") as out, open(errors_file, mode, encoding="utf-8") as errs, \
             ThreadPoolExecutor(workers, thread_name_prefix="hugie-batch") as pool, bar:
-        task = bar.add_task(f"{Path(input).name if input != '-' else 'stdin'}", total=total)
+        task = bar.add_task(input_label(input), total=total)
         pending: deque[tuple[list[Record], Future]] = deque()
 
         def write_error(line: int, rid: Any, code: str, reason: str) -> None:
@@ -408,8 +586,7 @@ def run_batch(input: str, output: str | Path, runner: Callable[[Sequence[str]], 
                     continue
                 key = _id_key(item.id)
                 if key in seen:
-                    dup = _bad(item.line, "E023", item.id, file=input,
-                               reason=f"duplicate id {item.id!r} (first at line {seen[key]}); ids must be unique")
+                    dup = duplicate_error(item, input, seen[key])
                     write_error(dup.line, dup.id, dup.code, dup.reason)
                     bar.advance(task)
                     continue

@@ -19,7 +19,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(code=2)
 
 
@@ -236,19 +238,20 @@ def serve(
 
 @app.command()
 def batch(
-    input: str = typer.Argument(..., help="A .jsonl, .txt, .csv or .tsv file, or '-' for stdin."),
+    input: str = typer.Argument(..., help="A .jsonl, .txt, .csv, .tsv or .parquet file or fsspec URL, or '-' "
+                                          "for stdin."),
     output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (one record per input)."),
     instruction: Optional[str] = typer.Option(None, "--instruction", "-i", help="The instruction to ask."),
     schema: Optional[Path] = typer.Option(None, "--schema", "-s", help="JSON schema file {entities, relations}."),
     format: str = typer.Option("auto", "--format", "-f",
-                               help="auto (by extension; stdin: jsonl), jsonl, txt, csv, tsv."),
+                               help="auto (by extension; stdin: jsonl), jsonl, txt, csv, tsv, parquet."),
     text_field: str = typer.Option("text", help="JSONL field / CSV column holding the text."),
     id_field: str = typer.Option("id", help="JSONL field / CSV column holding the id (default: line number)."),
     errors: Optional[Path] = typer.Option(None, help="Errors file (default: OUTPUT stem + .errors.jsonl)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: skip ids already in the output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     batch_size: int = typer.Option(32, min=1, help="Documents per model call / request."),
-    workers: int = typer.Option(1, min=1, help="Batches in flight at once."),
+    workers: int = typer.Option(1, min=1, help="Batches in flight at once (--engine ray: actors)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model dir or hub id (default: embedded)."),
     backend: str = typer.Option("auto", help="auto, torch or onnx."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -258,6 +261,10 @@ def batch(
     threshold: Optional[float] = typer.Option(None, help="Score threshold in [0, 1] (default: the model's)."),
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data actor pool: --workers "
+                                             "actors, one Extractor each; GPU actors with --device cuda)."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the Ray cluster to join (e.g. auto, "
+                                                     "ray://head:10001; default: start a local Ray)."),
 ) -> None:
     """Run an instruction or a schema over a file of documents; JSONL out, resumable."""
     from .batch import LocalRunner, RemoteRunner, check_output, load_schema, run_batch
@@ -265,9 +272,30 @@ def batch(
     try:
         if (instruction is None) == (schema is None):
             raise typer.BadParameter("give exactly one of --instruction, --schema")
+        if engine not in ("local", "ray"):
+            raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+        if address and engine != "ray":
+            raise typer.BadParameter("--address needs --engine ray")
+        if engine == "ray" and url:
+            raise typer.BadParameter("--engine ray loads the model in its workers; it does not take --url")
         schema_obj = load_schema(schema) if schema is not None else None
         check_output(output, resume, overwrite)  # before loading a model
-        if url:
+        if engine == "ray":
+            from rich.markup import escape
+
+            from .distributed import require_ray, run_batch_ray
+
+            try:
+                require_ray()
+            except HugieError as exc:  # its message holds `hugie[ray]`: not rich markup
+                err.print(f"[bold red]error:[/] {escape(str(exc))}")
+                raise typer.Exit(code=2) from None
+            stats = run_batch_ray(input, output, instruction=instruction, schema=schema_obj, model=model,
+                                  backend=backend, device=device, threshold=threshold, top_k=top_k, fmt=format,
+                                  text_field=text_field, id_field=id_field, batch_size=batch_size, workers=workers,
+                                  resume=resume, overwrite=overwrite, errors_file=errors, progress=progress,
+                                  address=address)
+        elif url:
             from .client import Client
 
             client = Client(url, api_key=api_key, timeout=timeout, batch_size=batch_size)
@@ -277,9 +305,10 @@ def batch(
 
             runner = LocalRunner(Extractor.load(model, backend=backend, device=device), instruction, schema_obj,
                                  threshold, top_k)
-        stats = run_batch(input, output, runner, fmt=format, text_field=text_field, id_field=id_field,
-                          batch_size=batch_size, workers=workers, resume=resume, overwrite=overwrite,
-                          errors_file=errors, progress=progress)
+        if engine == "local":
+            stats = run_batch(input, output, runner, fmt=format, text_field=text_field, id_field=id_field,
+                              batch_size=batch_size, workers=workers, resume=resume, overwrite=overwrite,
+                              errors_file=errors, progress=progress)
     except HugieError as exc:
         _fail(exc)
     except KeyboardInterrupt:

