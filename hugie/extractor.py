@@ -18,7 +18,7 @@ from .errors import HugieError
 from .instructions import detect_language, templates
 from .modeling import HugieConfig
 from .scoring import logit, sigmoid
-from .tokenization import HugieTokenizer, TextTokens
+from .tokenization import HugieTokenizer, TextTokens, pack_by_length
 from .types import Entity, Relation, Schema, SchemaResult, Span
 from .windows import plan_windows
 
@@ -151,18 +151,9 @@ class Extractor:
 
     def _batches(self, units: list[_Unit]) -> list[list[int]]:
         """Unit indices grouped by length (longest first) under batch size and token budget."""
-        order = sorted(range(len(units)), key=lambda i: -units[i].length)
-        batches, current, width = [], [], 0
-        for i in order:
-            w = max(width, units[i].length)
-            if current and (len(current) >= self.batch_size or w * (len(current) + 1) > self.batch_tokens):
-                batches.append(current)
-                current, w = [], units[i].length
-            current.append(i)
-            width = w
-        if current:
-            batches.append(current)
-        return batches
+        lengths = [u.length for u in units]
+        order = sorted(range(len(units)), key=lambda i: -lengths[i])
+        return pack_by_length(order, lengths, self.batch_size, self.batch_tokens)
 
     def _run(self, pairs: Sequence[tuple[str, str]], threshold: float, top_k: int | None) -> list[list[Span]]:
         found: list[dict[tuple[int, int], float]] = [dict() for _ in pairs]

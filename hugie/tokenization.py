@@ -227,6 +227,22 @@ class HugieTokenizer:
         return self.build_batch(list(zip(instructions, texts)))
 
 
+def pack_by_length(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
+    """Group indices, taken in ``order`` (sorted by length), into batches of at most
+    ``batch_size`` rows whose padded size (rows × longest) stays within ``batch_tokens``."""
+    batches, current, width = [], [], 0
+    for i in order:
+        w = max(width, lengths[i])
+        if current and (len(current) >= batch_size or w * (len(current) + 1) > batch_tokens):
+            batches.append(current)
+            current, w = [], lengths[i]
+        current.append(i)
+        width = w
+    if current:
+        batches.append(current)
+    return batches
+
+
 def char_span_to_tokens(tokens: TextTokens, start: int, end: int) -> tuple[int, int] | None:
     """Token indices (first, last) whose trimmed span is exactly [start, end), or None."""
     first = last = None

