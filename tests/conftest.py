@@ -86,6 +86,27 @@ def random_model(tiny_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory):
+    """An untrained tiny model saved as a model directory (service and fault paths need no training)."""
+    tok = HugieTokenizer(build_unigram_tokenizer(tiny_pieces(), unk_id=3), max_length=128)
+    directory = tmp_path_factory.mktemp("untrained_model")
+    tiny_model(tok).save_pretrained(directory)
+    tok.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A tiny model on a shared CI box runs fastest on one thread (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, tiny_tokenizer):
     """A tiny model trained on the synthetic task (shared by extractor, CLI and ONNX tests)."""
     from tests.helpers import train_tiny

@@ -32,7 +32,7 @@ import pytest
 from hugie.api import Settings, create_app
 from hugie.client import Client, HugieAPIError
 from hugie.instructions import TEMPLATES
-from tests.conftest import PERSONS, PLACES, tiny_model, tiny_pieces
+from tests.conftest import PERSONS, PLACES
 from tests.test_client import running_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,26 +40,12 @@ PER = TEMPLATES["zh"].for_entity("人名")
 SEED = int(os.environ.get("HUGIE_FAULT_SEED", random.randrange(2**32)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model on a shared CI box runs fastest on one thread (restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from hugie.tokenization import HugieTokenizer, build_unigram_tokenizer
-
-    tok = HugieTokenizer(build_unigram_tokenizer(tiny_pieces(), unk_id=3), max_length=128)
-    directory = tmp_path_factory.mktemp("fault_model")
-    tiny_model(tok).save_pretrained(directory)
-    tok.save(directory)
-    return directory
+def model_dir(untrained_model_dir):
+    return untrained_model_dir
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -79,16 +79,9 @@ def stop_serve(proc) -> None:
 
 
 @pytest.fixture(scope="module")
-def random_model_dir(tmp_path_factory):
-    """An untrained tiny model saved as a model directory (the service path does not need a trained one)."""
-    from tests.conftest import tiny_model, tiny_pieces
-    from hugie.tokenization import HugieTokenizer, build_unigram_tokenizer
-
-    tok = HugieTokenizer(build_unigram_tokenizer(tiny_pieces(), unk_id=3), max_length=128)
-    directory = tmp_path_factory.mktemp("fuzz_model")
-    tiny_model(tok).save_pretrained(directory)
-    tok.save(directory)
-    return directory
+def random_model_dir(untrained_model_dir):
+    """An untrained tiny model directory (the service path does not need a trained one)."""
+    return untrained_model_dir
 
 
 @pytest.fixture(scope="module")

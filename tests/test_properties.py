@@ -76,15 +76,7 @@ PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCh
                                                                           HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model on a shared CI box runs fastest on one thread (restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def new_tokenizer(max_length: int) -> HugieTokenizer:
