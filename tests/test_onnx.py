@@ -60,6 +60,24 @@ def test_onnx_fp32_gives_the_same_spans_as_torch(trained_model_dir, exported, us
     assert found > 20, "the fixture model must actually find spans"
 
 
+def test_int8_quantizes_every_projection_and_cpu_sessions_keep_slow_fusions_apart(exported, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from hugie.backends.onnx import CPU_DISABLED_FUSIONS
+
+    ops = [n.op_type for n in onnx.load(str(exported[1] / "encoder.onnx")).graph.node]
+    assert "QAttention" in ops and "Attention" not in ops, "the fused attention's QKV weights must be int8"
+    assert "MatMul" not in ops, "every weight MatMul must be quantized"
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(str(exported[1] / "encoder.onnx"), opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(CPU_DISABLED_FUSIONS))
+    session_ops = {n.op_type for n in onnx.load(str(tmp_path / "session.onnx")).graph.node}
+    assert "LayerNormalization" in session_ops
+    assert not session_ops & {"SkipLayerNormalization", "BiasGelu"}
+
+
 def test_int8_model_still_extracts(exported):
     ex = Extractor.load(exported[1], backend="onnx", device="cpu")
     assert [s.text for s in ex.extract(PER, "昨天李四在上海开会。")] == ["李四"]

@@ -1,0 +1,71 @@
+"""NER precision/recall/F1 at several span thresholds from one pass (spans kept at the lowest).
+
+Chooses the threshold on a dev set and compares models (e.g. int8 vs fp32) on the same records;
+``--reference`` also reports how often a model's spans agree with a reference model's.
+
+Usage:
+  python benchmarks/threshold_sweep.py --model int8=DIR --model fp32=DIR --data DEV.jsonl \
+      [--label-map MAP.json] [--limit 300] [--thresholds 0.3,0.4,0.5,0.6,0.7] [--reference fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hugie.data import apply_label_map, load_label_map, read_jsonl
+from hugie.evaluation import prf
+from hugie.extractor import Extractor
+from hugie.instructions import detect_language, templates
+
+
+def predict(extractor: Extractor, records, types, threshold: float) -> set:
+    pairs, keys = [], []
+    for idx, rec in enumerate(records):
+        tmpl = templates(detect_language(rec.text), extractor.config.instructions)
+        for t in types:
+            pairs.append((tmpl.for_entity(t), rec.text))
+            keys.append((idx, t))
+    answers = extractor.extract(pairs, threshold=threshold)
+    return {(idx, s.start, s.end, t, s.score) for (idx, t), spans in zip(keys, answers) for s in spans}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", required=True, help="NAME=DIR (repeatable)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--label-map", default=None)
+    ap.add_argument("--limit", type=int, default=300)
+    ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8")
+    ap.add_argument("--reference", default=None, help="model NAME whose spans the others are compared with")
+    args = ap.parse_args()
+    thresholds = sorted(float(x) for x in args.thresholds.split(","))
+    mapping = load_label_map(args.label_map) if args.label_map else None
+    records = [apply_label_map(r, mapping) if mapping else r for r in read_jsonl(args.data)][: args.limit]
+    types = sorted({e.type for r in records for e in r.entities})
+    gold = {(idx, e.start, e.end, e.type) for idx, r in enumerate(records) for e in r.entities}
+    found = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        found[name] = predict(Extractor.load(path), records, types, thresholds[0])
+    report = {}
+    for name, spans in found.items():
+        rows = {}
+        for thr in thresholds:
+            pred = {s[:4] for s in spans if s[4] >= thr}
+            rows[thr] = prf(len(pred & gold), len(pred), len(gold))
+            if args.reference and name != args.reference:
+                ref = {s[:4] for s in found[args.reference] if s[4] >= thr}
+                rows[thr]["agreement_f1"] = prf(len(pred & ref), len(pred), len(ref))["f1"]
+        best = max(rows, key=lambda t: rows[t]["f1"])
+        report[name] = {"best_threshold": best, "rows": rows}
+        print(f"\n{name}: {len(records)} records, {len(types)} types; best threshold {best}")
+        print("| threshold | P | R | F1 |" + (" agreement F1 |" if args.reference and name != args.reference else ""))
+        for thr, r in rows.items():
+            extra = f" {r['agreement_f1']} |" if "agreement_f1" in r else ""
+            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} |{extra}")
+    print(json.dumps({k: v["best_threshold"] for k, v in report.items()}))
+
+
+if __name__ == "__main__":
+    main()
