@@ -5,7 +5,7 @@ Chooses the threshold on a dev set and compares models (e.g. int8 vs fp32) on th
 
 Usage:
   python benchmarks/threshold_sweep.py --model int8=DIR --model fp32=DIR --data DEV.jsonl \
-      [--label-map MAP.json] [--limit 300] [--thresholds 0.3,0.4,0.5,0.6,0.7] [--reference fp32]
+      [--label-map MAP.json] [--skip 0] [--limit 300] [--thresholds 0.3,0.4,0.5,0.6,0.7] [--reference fp32]
 """
 
 from __future__ import annotations
@@ -30,18 +30,40 @@ def predict(extractor: Extractor, records, types, threshold: float) -> set:
     return {(idx, s.start, s.end, t, s.score) for (idx, t), spans in zip(keys, answers) for s in spans}
 
 
+def flat(spans: set) -> set:
+    """Greedy non-overlapping spans per (record, type), highest score first."""
+    kept, taken = set(), {}
+    for s in sorted(spans, key=lambda s: -s[4]):
+        ranges = taken.setdefault((s[0], s[3]), [])
+        if all(s[2] <= a or s[1] >= b for a, b in ranges):
+            ranges.append((s[1], s[2]))
+            kept.add(s)
+    return kept
+
+
+def one_type_per_span(spans: set) -> set:
+    """Each (record, start, end) keeps only its highest-scoring type."""
+    best = {}
+    for s in spans:
+        key = s[:3]
+        if key not in best or s[4] > best[key][4]:
+            best[key] = s
+    return set(best.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, help="NAME=DIR (repeatable)")
     ap.add_argument("--data", required=True)
     ap.add_argument("--label-map", default=None)
+    ap.add_argument("--skip", type=int, default=0, help="start after the first N records (e.g. the ones a report uses)")
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8")
     ap.add_argument("--reference", default=None, help="model NAME whose spans the others are compared with")
     args = ap.parse_args()
     thresholds = sorted(float(x) for x in args.thresholds.split(","))
     mapping = load_label_map(args.label_map) if args.label_map else None
-    records = [apply_label_map(r, mapping) if mapping else r for r in read_jsonl(args.data)][: args.limit]
+    records = [apply_label_map(r, mapping) if mapping else r for r in read_jsonl(args.data)][args.skip: args.skip + args.limit]
     types = sorted({e.type for r in records for e in r.entities})
     gold = {(idx, e.start, e.end, e.type) for idx, r in enumerate(records) for e in r.entities}
     found = {}
@@ -54,16 +76,21 @@ def main() -> None:
         for thr in thresholds:
             pred = {s[:4] for s in spans if s[4] >= thr}
             rows[thr] = prf(len(pred & gold), len(pred), len(gold))
+            pred_flat = {s[:4] for s in flat({s for s in spans if s[4] >= thr})}
+            rows[thr]["flat_f1"] = prf(len(pred_flat & gold), len(pred_flat), len(gold))["f1"]
+            pred_one = {s[:4] for s in one_type_per_span({s for s in spans if s[4] >= thr})}
+            rows[thr]["one_type_f1"] = prf(len(pred_one & gold), len(pred_one), len(gold))["f1"]
             if args.reference and name != args.reference:
                 ref = {s[:4] for s in found[args.reference] if s[4] >= thr}
                 rows[thr]["agreement_f1"] = prf(len(pred & ref), len(pred), len(ref))["f1"]
         best = max(rows, key=lambda t: rows[t]["f1"])
         report[name] = {"best_threshold": best, "rows": rows}
         print(f"\n{name}: {len(records)} records, {len(types)} types; best threshold {best}")
-        print("| threshold | P | R | F1 |" + (" agreement F1 |" if args.reference and name != args.reference else ""))
+        print("| threshold | P | R | F1 | F1 non-overlapping | F1 one type per span |"
+              + (" agreement F1 |" if args.reference and name != args.reference else ""))
         for thr, r in rows.items():
             extra = f" {r['agreement_f1']} |" if "agreement_f1" in r else ""
-            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} |{extra}")
+            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} | {r['flat_f1']} | {r['one_type_f1']} |{extra}")
     print(json.dumps({k: v["best_threshold"] for k, v in report.items()}))
 
 

@@ -78,6 +78,23 @@ def test_int8_quantizes_every_projection_and_cpu_sessions_keep_slow_fusions_apar
     assert not session_ops & {"SkipLayerNormalization", "BiasGelu"}
 
 
+def test_higher_thresholds_reuse_the_loaded_session_and_match_a_fresh_one(exported):
+    from hugie.backends.onnx import OnnxBackend
+
+    ex = Extractor.load(exported[0], backend="onnx", device="cpu")
+    built = len(ex.backend._sessions)
+    reused = [ex.extract(pairs(), threshold=t) for t in (0.6, 0.8, 0.95)]
+    assert len(ex.backend._sessions) == built, "a higher threshold must not build a session"
+    for t, got in zip((0.6, 0.8, 0.95), reused):
+        fresh = Extractor.load(exported[0], backend="onnx", device="cpu")
+        fresh.backend = OnnxBackend(exported[0], fresh.config, device="cpu", warmup=False)
+        assert got == fresh.extract(pairs(), threshold=t)
+        assert all(s.score >= t for spans in got for s in spans)
+    assert sum(map(len, reused[0])) > sum(map(len, reused[2])), "the thresholds must change the answer"
+    ex.extract(pairs(), threshold=0.2)
+    assert len(ex.backend._sessions) == built + 1, "a lower threshold needs its own session"
+
+
 def test_int8_model_still_extracts(exported):
     ex = Extractor.load(exported[1], backend="onnx", device="cpu")
     assert [s.text for s in ex.extract(PER, "昨天李四在上海开会。")] == ["李四"]

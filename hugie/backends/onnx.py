@@ -2,7 +2,9 @@
 
 Providers are chosen automatically (CUDA, then CPU). The scorer is the fused ``SpanScore`` op
 when its library builds, else the standard-ONNX fallback graph — same outputs either way.
-Sessions are keyed by the logit threshold (an attribute of the scorer node) and cached.
+Sessions are keyed by the logit threshold (an attribute of the scorer node) and cached; a request
+for a higher threshold reuses a cached lower one and filters its spans, so only thresholds below
+every cached one build a session.
 """
 
 from __future__ import annotations
@@ -95,10 +97,17 @@ class OnnxBackend:
             self._sessions.popitem(last=False)
         return session
 
+    def _session_at_or_below(self, threshold: float, max_width: int):
+        """A cached session whose threshold is the highest one ≤ ``threshold`` (else a new one)."""
+        cached = [key for key in self._sessions if key[1] == int(max_width) and key[0] <= threshold]
+        if cached:
+            return self._session(*max(cached))
+        return self._session(threshold, max_width)
+
     def score(self, batch: PairBatch, threshold: float, max_width: int):
         if batch.input_ids.size == 0:
             return np.zeros((0, 3), np.int64), np.zeros((0,), np.float32)
-        session = self._session(threshold, max_width)
+        session = self._session_at_or_below(threshold, max_width)
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "span_mask": batch.span_mask}
         if self.device == "cuda":
             binding = session.io_binding()
@@ -110,7 +119,8 @@ class OnnxBackend:
             spans, scores = binding.copy_outputs_to_cpu()
         else:
             spans, scores = session.run(["spans", "scores"], feeds)
-        return spans.astype(np.int64), scores.astype(np.float32)
+        keep = scores > threshold  # the scorer's own rule, for a session built at a lower threshold
+        return spans[keep].astype(np.int64), scores[keep].astype(np.float32)
 
     def warmup(self, threshold: float, max_width: int) -> None:
         from ..scoring import logit
