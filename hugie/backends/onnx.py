@@ -22,8 +22,9 @@ from ..tokenization import PairBatch
 log = logging.getLogger("hugie.onnx")
 
 # onnxruntime 1.31's CPU kernels for these fused ops are slower than their parts on AVX-512 cores
-# (SkipLayerNormalization 189 µs vs 70 µs for Add + LayerNormalization at 144×384; BiasGelu
-# 218 µs vs 166 µs), so CPU sessions keep them unfused; CUDA sessions fuse as usual.
+# (benchmarks/bench_fusions.py at 144 tokens: SkipLayerNormalization ~175 µs vs ~62 µs for
+# Add + LayerNormalization; BiasGelu ~158 µs vs ~93 µs for Add + Gelu), so CPU sessions keep them
+# unfused; CUDA sessions fuse as usual.
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 
