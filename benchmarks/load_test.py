@@ -81,6 +81,8 @@ def require_loopback(url: str) -> None:
 
 def start_server(model: Path, serve_args: list[str], log_path: Path, timeout: float = 300.0,
                  torch_threads: int | None = None):
+    from hugie.client import Client, HugieAPIError
+
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUGIE_")}
     if torch_threads:
@@ -90,18 +92,13 @@ def start_server(model: Path, serve_args: list[str], log_path: Path, timeout: fl
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"hugie serve exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop_server(proc)
-    raise SystemExit(f"hugie serve was not ready after {timeout:.0f} s; see {log_path}")
+    try:
+        with Client(url) as client:
+            client.wait_until_ready(timeout, process=proc)
+    except HugieAPIError as exc:
+        stop_server(proc)
+        raise SystemExit(f"hugie serve did not become ready ({exc}); see {log_path}") from exc
+    return proc, url
 
 
 def stop_server(proc) -> None:

@@ -137,6 +137,35 @@ class _Base:
         return {"X-Request-ID": uuid.uuid4().hex}
 
 
+class _Readiness:
+    """One poll of ``/ready`` for ``wait_until_ready``: ``True`` when ready, ``False`` to poll again;
+    raises when waiting is pointless (the model failed to load, the server process exited, time is up)."""
+
+    def __init__(self, base_url: str, timeout: float, process):
+        self.url, self.process = base_url + "/ready", process
+        self.timeout, self.deadline = timeout, time.monotonic() + timeout
+        self.last = "no answer yet"
+
+    def check(self, answer: httpx.Response | Exception) -> bool:
+        if isinstance(answer, httpx.Response):
+            if answer.is_success:
+                return True
+            try:
+                _check(answer)
+            except HugieAPIError as exc:
+                if exc.status != 503 or exc.code == "E110":  # E110: the model failed to load
+                    raise
+                self.last = str(exc)
+        else:
+            self.last = f"{type(answer).__name__}: {answer}"
+        if self.process is not None and self.process.poll() is not None:
+            raise HugieAPIError(0, "connection", f"the server process exited with code "
+                                                 f"{self.process.returncode} before {self.url} was ready")
+        if time.monotonic() >= self.deadline:
+            raise HugieAPIError(0, "timeout", f"{self.url} not ready after {self.timeout:g} s ({self.last})")
+        return False
+
+
 def _connection_error(exc: httpx.TransportError, url: str) -> HugieAPIError:
     return HugieAPIError(0, "connection", f"{type(exc).__name__} talking to {url}: {exc}")
 
@@ -190,6 +219,22 @@ class Client(_Base):
 
     def info(self) -> dict:
         return self._call("GET", "/info")
+
+    def wait_until_ready(self, timeout: float = 120.0, *, poll: float = 0.2, process=None) -> dict:
+        """Block until ``/ready`` answers 200 (model loaded and warmed up) and return its body.
+
+        Raises :class:`HugieAPIError` at once if the model failed to load or ``process`` (e.g. the
+        ``subprocess.Popen`` running ``hugie serve``) exits, and with code ``timeout`` after ``timeout`` s.
+        """
+        readiness = _Readiness(self.base_url, timeout, process)
+        while True:
+            try:
+                answer = self._http.get("/ready", timeout=max(1.0, poll * 10))
+            except httpx.TransportError as exc:
+                answer = exc
+            if readiness.check(answer):
+                return answer.json()
+            self._sleep(poll)
 
     def close(self) -> None:
         self._http.close()
@@ -252,6 +297,18 @@ class AsyncClient(_Base):
 
     async def info(self) -> dict:
         return await self._call("GET", "/info")
+
+    async def wait_until_ready(self, timeout: float = 120.0, *, poll: float = 0.2, process=None) -> dict:
+        """Wait until ``/ready`` answers 200 and return its body (see :meth:`Client.wait_until_ready`)."""
+        readiness = _Readiness(self.base_url, timeout, process)
+        while True:
+            try:
+                answer = await self._http.get("/ready", timeout=max(1.0, poll * 10))
+            except httpx.TransportError as exc:
+                answer = exc
+            if readiness.check(answer):
+                return answer.json()
+            await self._sleep(poll)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -125,29 +125,47 @@ def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
     return count
 
 
-def load_label_map(path: str | Path | None) -> dict[str, str]:
+def load_label_map(path: str | Path | None) -> dict[str, str | list[str]]:
+    """``{source label: type name}``; a value may also be a list of names, for a label that answers
+    several instructions (e.g. a GPE is a ``行政区`` and also a ``地名``)."""
     if path is None:
         return {}
     path = Path(path)
     if not path.exists():
         raise HugieError("E024", file=path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+    if not isinstance(data, dict) or not all(_is_name_or_names(v) for v in data.values()):
         raise HugieError("E025", file=path)
     return data
 
 
-def apply_label_map(record: Record, label_map: dict[str, str]) -> Record:
-    """Rename entity types and predicates through ``label_map`` (unknown labels unchanged)."""
+def _is_name_or_names(value) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+
+def _names(label_map: dict, label: str) -> list[str]:
+    value = label_map.get(label, label)
+    return [value] if isinstance(value, str) else list(value)
+
+
+def apply_label_map(record: Record, label_map: dict[str, str | list[str]]) -> Record:
+    """Rename entity types and predicates through ``label_map`` (unknown labels unchanged).
+
+    A label mapped to several names yields one entity (or triple) per name; the arguments of a
+    triple take the first name of their type.
+    """
     if not label_map:
         return record
 
-    def ren(span: EntitySpan) -> EntitySpan:
-        return EntitySpan(label_map.get(span.type, span.type), span.start, span.end, span.text)
+    def ren(span: EntitySpan, name: str | None = None) -> EntitySpan:
+        return EntitySpan(name or _names(label_map, span.type)[0], span.start, span.end, span.text)
 
-    return Record(record.id, record.text, [ren(e) for e in record.entities],
-                  [RelationTriple(ren(r.subject), label_map.get(r.predicate, r.predicate), ren(r.object))
-                   for r in record.relations])
+    entities = [ren(e, name) for e in record.entities for name in _names(label_map, e.type)]
+    relations = [RelationTriple(ren(r.subject), name, ren(r.object))
+                 for r in record.relations for name in _names(label_map, r.predicate)]
+    return Record(record.id, record.text, entities, relations)
 
 
 # --------------------------------------------------------------------------- converters

@@ -34,7 +34,7 @@ MESSAGES: dict[str, str] = {
     "E022": "{file}: unknown input format {format!r}; choose one of {choices}",
     "E023": "{file}:{line}: {reason}",
     "E024": "file not found: {file}",
-    "E025": "label map {file} must be a JSON object of source label -> type name",
+    "E025": "label map {file} must be a JSON object of source label -> type name (or a list of type names)",
     # training
     "E030": "training config {file}: {reason}",
     "E031": "no training examples were built from {datasets}",

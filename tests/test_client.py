@@ -258,6 +258,71 @@ def test_async_retries_and_non_json_errors():
     assert (err.status, err.code) == (502, "HTTP502") and "bad gateway" in err.message
 
 
+def _starting_server(states: list):
+    """A /ready handler that answers connection refused, then the given states in turn."""
+    calls = []
+
+    def handler(request):
+        assert request.url.path == "/ready"
+        calls.append(1)
+        state = states[min(len(calls), len(states)) - 1]
+        if state == "refused":
+            raise httpx.ConnectError("refused", request=request)
+        if state == "ready":
+            return httpx.Response(200, json={"status": "ready"})
+        code = "E110" if state == "failed" else "E106"
+        return httpx.Response(503, json={"error": {"code": code, "message": state, "request_id": "r"}})
+
+    return handler, calls
+
+
+def test_wait_until_ready_polls_through_refusals_and_warm_up():
+    handler, calls = _starting_server(["refused", "refused", "warming up", "ready"])
+    waits: list[float] = []
+    c = Client("http://svc", transport=httpx.MockTransport(handler))
+    c._sleep = no_sleep(waits)
+    assert c.wait_until_ready(timeout=60, poll=0.05) == {"status": "ready"}
+    assert len(calls) == 4 and waits == [0.05] * 3
+
+    handler, calls = _starting_server(["warming up", "failed", "ready"])
+    c = Client("http://svc", transport=httpx.MockTransport(handler))
+    c._sleep = no_sleep([])
+    with pytest.raises(HugieAPIError) as info:
+        c.wait_until_ready(timeout=60)
+    assert info.value.code == "E110" and len(calls) == 2, "a failed load is not waited out"
+
+
+def test_wait_until_ready_gives_up_on_timeout_or_a_dead_process():
+    handler, _ = _starting_server(["warming up"])
+    c = Client("http://svc", transport=httpx.MockTransport(handler))
+    with pytest.raises(HugieAPIError, match="not ready after 0 s") as info:
+        c.wait_until_ready(timeout=0)
+    assert info.value.code == "timeout"
+
+    class Exited:
+        returncode = 3
+
+        def poll(self):
+            return self.returncode
+
+    handler, calls = _starting_server(["refused"])
+    c = Client("http://svc", transport=httpx.MockTransport(handler))
+    with pytest.raises(HugieAPIError, match="exited with code 3"):
+        c.wait_until_ready(timeout=60, process=Exited())
+    assert len(calls) == 1
+
+    async def go():
+        handler, calls = _starting_server(["refused", "ready"])
+        ac = AsyncClient("http://svc", transport=httpx.MockTransport(handler))
+        ac._sleep = lambda seconds: asyncio.sleep(0)
+        try:
+            return await ac.wait_until_ready(timeout=60), len(calls)
+        finally:
+            await ac.aclose()
+
+    assert asyncio.run(go()) == ({"status": "ready"}, 2)
+
+
 def test_importing_the_client_stays_light():
     code = ("import sys, hugie.client; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'fastapi') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")

@@ -112,3 +112,20 @@ def test_label_map(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(HugieError, match="E025"):
         load_label_map(tmp_path / "bad.json")
+
+
+def test_label_map_with_several_names(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({"GPE": ["行政区", "地名"], "lives": ["居住", "位于"]}), encoding="utf-8")
+    rec = next(iter(read_jsonl(write(tmp_path, "r.jsonl", [json.dumps({
+        "text": "ab", "entities": [{"type": "GPE", "start": 0, "end": 1}, {"type": "PER", "start": 1, "end": 2}],
+        "relations": [{"subject": {"start": 1, "end": 2, "type": "PER"}, "predicate": "lives",
+                       "object": {"start": 0, "end": 1, "type": "GPE"}}]})]))))
+    mapped = apply_label_map(rec, load_label_map(p))
+    assert [(e.type, e.start) for e in mapped.entities] == [("行政区", 0), ("地名", 0), ("PER", 1)]
+    assert [r.predicate for r in mapped.relations] == ["居住", "位于"]
+    assert {r.object.type for r in mapped.relations} == {"行政区"}
+    for bad in ({"GPE": []}, {"GPE": ["ok", 3]}, {"GPE": ""}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(HugieError, match="E025"):
+            load_label_map(tmp_path / "bad.json")

@@ -15,7 +15,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import httpx
@@ -28,6 +27,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import (content_type_conformance, not_a_server_error,  # noqa: E402
                                  response_schema_conformance, status_code_conformance)
 
+from hugie.client import Client, HugieAPIError  # noqa: E402
 from hugie.instructions import TEMPLATES  # noqa: E402
 from tests.test_properties import INSTRUCTIONS, TEXTS  # noqa: E402
 
@@ -52,18 +52,13 @@ def start_serve(model_dir, *extra: str, timeout: float = 120.0):
            str(model_dir), "--backend", "torch", "--device", "cpu", "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"hugie serve exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_serve(proc)
-    raise AssertionError("hugie serve never became ready")
+    try:
+        with Client(url) as client:
+            client.wait_until_ready(timeout, poll=0.1, process=proc)
+    except HugieAPIError as exc:
+        stop_serve(proc)
+        raise AssertionError(f"hugie serve never became ready ({exc}): {proc.stderr.read().decode()[-2000:]}") from exc
+    return proc, url
 
 
 def stop_serve(proc) -> None:

