@@ -1,6 +1,7 @@
 """The loss and decoding learn: a tiny model trained here extracts the synthetic task."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,18 @@ def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_di
     path.write_text(json.dumps({**cfg, "init_from": str(tmp_path / "nothing")}), encoding="utf-8")
     with pytest.raises(HugieError, match="not a model directory"):
         Trainer(TrainConfig.from_file(path))
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_committed_training_configs_parse_and_their_label_maps_load(config):
+    from hugie.data import load_label_map
+
+    cfg = TrainConfig.from_file(config)
+    assert cfg.datasets and cfg.fingerprint()
+    repo = Path(__file__).parents[1].resolve()
+    for item in cfg.datasets:
+        label_map = item.get("label_map")
+        path = (Path(cfg.root) / label_map).resolve() if label_map else None
+        if path is not None and path.is_relative_to(repo):  # ../shared data is not needed by tests
+            assert load_label_map(path), path
