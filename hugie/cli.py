@@ -46,6 +46,8 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threshold: Optional[float] = typer.Option(None, help="Score threshold in [0, 1] (default: the model's)."),
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
+    one_type_per_span: bool = typer.Option(False, "--one-type-per-span",
+                                           help="With --entities or --schema: a span keeps only its best-scoring type."),
 ) -> None:
     """Extract spans for an instruction, entity types, or a whole schema; prints JSON."""
     from .extractor import Extractor
@@ -62,13 +64,16 @@ def extract(
             _out({"spans": [s.model_dump() for s in spans]})
         elif entities is not None:
             types = [t.strip() for t in entities.split(",") if t.strip()]
-            result = ex.extract_entities(text, types, threshold=threshold, top_k=top_k)
+            result = ex.extract_entities(text, types, threshold=threshold, top_k=top_k,
+                                         one_type_per_span=one_type_per_span)
             _out({t: [s.model_dump() for s in spans] for t, spans in result.items()})
         else:
             if not schema.exists():
                 raise HugieError("E024", file=schema)
-            _out(ex.extract_schema(text, json.loads(schema.read_text(encoding="utf-8")),
-                                   threshold=threshold, top_k=top_k))
+            spec = json.loads(schema.read_text(encoding="utf-8"))
+            if one_type_per_span and isinstance(spec, dict):
+                spec["one_type_per_span"] = True
+            _out(ex.extract_schema(text, spec, threshold=threshold, top_k=top_k))
     except HugieError as exc:
         _fail(exc)
 
@@ -127,6 +132,8 @@ def evaluate_cmd(
     device: str = typer.Option("auto"),
     threshold: Optional[float] = typer.Option(None),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    one_type_per_span: bool = typer.Option(False, "--one-type-per-span",
+                                           help="NER: a span keeps only its best-scoring type."),
 ) -> None:
     """Strict micro P/R/F1 for NER and RE through the Extractor; JSON on stdout."""
     from .data import apply_label_map, load_label_map, read_jsonl
@@ -140,7 +147,7 @@ def evaluate_cmd(
             records = records[:limit]
         ex = Extractor.load(model, backend=backend, device=device)
         schema_obj = json.loads(schema.read_text(encoding="utf-8")) if schema else None
-        result = evaluate(ex, records, schema=schema_obj, threshold=threshold)
+        result = evaluate(ex, records, schema=schema_obj, threshold=threshold, one_type_per_span=one_type_per_span)
         result.update({"data": str(data), "model": ex.model_path, "backend": ex.backend.name})
         if not as_json:
             for task in ("ner", "re"):

@@ -44,7 +44,8 @@ def _tmpl(extractor, text: str, language: str | None):
 
 
 def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | None = None,
-                 threshold: float | None = None, language: str | None = None) -> dict:
+                 threshold: float | None = None, language: str | None = None,
+                 one_type_per_span: bool = False) -> dict:
     types = sorted(types or {e.type for r in records for e in r.entities})
     pairs, keys = [], []
     for idx, rec in enumerate(records):
@@ -55,7 +56,15 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
     start = time.perf_counter()
     answers = extractor.extract(pairs, threshold=threshold) if pairs else []
     elapsed = time.perf_counter() - start
-    pred = {(idx, s.start, s.end, t) for (idx, t), spans in zip(keys, answers) for s in spans}
+    by_record: dict[int, dict] = defaultdict(dict)
+    for (idx, t), spans in zip(keys, answers):
+        by_record[idx][t] = spans
+    if one_type_per_span:  # as Extractor.extract_entities(..., one_type_per_span=True) answers
+        from .extractor import keep_best_type
+
+        by_record = {idx: keep_best_type(by_type) for idx, by_type in by_record.items()}
+    pred = {(idx, s.start, s.end, t) for idx, by_type in by_record.items() for t, spans in by_type.items()
+            for s in spans}
     gold = {(idx, e.start, e.end, e.type) for idx, r in enumerate(records) for e in r.entities if e.type in types}
     tp = pred & gold
     out = prf(len(tp), len(pred), len(gold))
@@ -113,11 +122,12 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
 
 
 def evaluate(extractor, records: Sequence[Record], *, schema=None, threshold=None, language=None,
-             types=None) -> dict:
+             types=None, one_type_per_span: bool = False) -> dict:
     """``{"ner": {...}, "re": {...}, "reachable": pct, "records": n}`` (a task without gold is omitted)."""
     out: dict = {"records": len(records)}
     if any(r.entities for r in records):
-        out["ner"] = evaluate_ner(extractor, records, types=types, threshold=threshold, language=language)
+        out["ner"] = evaluate_ner(extractor, records, types=types, threshold=threshold, language=language,
+                                  one_type_per_span=one_type_per_span)
     if any(r.relations for r in records):
         out["re"] = evaluate_re(extractor, records, schema=schema, threshold=threshold, language=language)
     out["reachable"] = reachable_fraction(extractor.tokenizer, records, extractor.config.max_span_width)

@@ -55,6 +55,16 @@ def resolve_model_path(path_or_id: str | os.PathLike | None) -> Path:
         raise HugieError("E015", name=name, reason=f"not a local directory and not downloadable: {exc}") from exc
 
 
+def keep_best_type(by_type: dict[str, list[Span]]) -> dict[str, list[Span]]:
+    """Drop a span from every type but the one that scored it highest (ties: the first type)."""
+    best: dict[tuple[int, int], tuple[float, str]] = {}
+    for t, spans in by_type.items():
+        for s in spans:
+            if (s.start, s.end) not in best or s.score > best[(s.start, s.end)][0]:
+                best[(s.start, s.end)] = (s.score, t)
+    return {t: [s for s in spans if best[(s.start, s.end)][1] == t] for t, spans in by_type.items()}
+
+
 @dataclass
 class _Unit:
     """One encoder row: a pass (instruction, text) restricted to one window of the text."""
@@ -218,13 +228,16 @@ class Extractor:
         return templates(language or detect_language(text), self.config.instructions)
 
     def extract_entities(self, text: str, types: Sequence[str], *, threshold: float | None = None,
-                         top_k: int | None = None, language: str | None = None) -> dict[str, list[Span]]:
-        """``{type: spans}`` for each entity type, one batched call."""
+                         top_k: int | None = None, language: str | None = None,
+                         one_type_per_span: bool = False) -> dict[str, list[Span]]:
+        """``{type: spans}`` for each entity type, one batched call; with ``one_type_per_span`` a
+        span found for several types stays only under its best-scoring one."""
         if isinstance(types, str) or not types or not all(isinstance(t, str) and t for t in types):
             raise HugieError("E009", value=types)
         tmpl = self._templates(text, language)
         spans = self.extract([(tmpl.for_entity(t), text) for t in types], threshold=threshold, top_k=top_k)
-        return dict(zip(types, spans))
+        by_type = dict(zip(types, spans))
+        return keep_best_type(by_type) if one_type_per_span else by_type
 
     def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
                        top_k: int | None = None, language: str | None = None) -> dict:
@@ -244,7 +257,8 @@ class Extractor:
         tmpl = self._templates(text, language)
         entity_types = list(dict.fromkeys(schema.entities + [r.subject for r in schema.relations]))
         by_type = self.extract_entities(text, entity_types, threshold=threshold, top_k=top_k,
-                                        language=tmpl.language) if entity_types else {}
+                                        language=tmpl.language,
+                                        one_type_per_span=schema.one_type_per_span) if entity_types else {}
         entities = [Entity(type=t, **s.model_dump()) for t in entity_types for s in by_type.get(t, [])]
         asks = []
         for rel in schema.relations:

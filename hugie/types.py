@@ -46,6 +46,8 @@ class Schema(BaseModel):
 
     entities: list[str] = Field(default_factory=list)
     relations: list[RelationSchema] = Field(default_factory=list)
+    one_type_per_span: bool = Field(False, description="A span found for several entity types keeps only "
+                                                       "its best-scoring type (for flat, exclusive type sets).")
 
 
 class SchemaResult(BaseModel):

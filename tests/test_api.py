@@ -120,6 +120,23 @@ def test_extract_instruction_schema_and_batch(extractor):
     run(go())
 
 
+def test_schema_one_type_per_span_reaches_the_extractor(tiny_tokenizer):
+    ex, _ = make_extractor(tiny_tokenizer, {PER: [("张三", 0.9), ("北京", 0.6)], LOC: [("北京", 0.8)]})
+
+    async def go():
+        async with serving(create_app(make_settings(), extractor=ex)) as c:
+            body = {"text": "张三在北京", "schema": {"entities": ["人名", "地名"]}}
+            loose = (await c.post("/extract", json=body)).json()
+            assert [(e["type"], e["text"]) for e in loose["entities"]] == [("人名", "张三"), ("人名", "北京"),
+                                                                           ("地名", "北京")]
+            body["schema"]["one_type_per_span"] = True
+            strict = (await c.post("/extract", json=body)).json()
+            assert [(e["type"], e["text"]) for e in strict["entities"]] == [("人名", "张三"), ("地名", "北京")]
+            body["schema"]["one_type_per_span"] = "sometimes"
+            assert (await c.post("/extract", json=body)).status_code == 422
+    run(go())
+
+
 def test_long_text_within_limit_is_windowed_not_truncated(tiny_tokenizer):
     ex, backend = make_extractor(tiny_tokenizer, {PER: [("王小明", 0.9)]}, max_len=40)
     text = "。".join(f"第{i}句王小明去了北京" for i in range(12))

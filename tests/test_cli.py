@@ -52,3 +52,17 @@ def test_errors_are_reported_not_raised(tmp_path):
     bad.write_text('{"text": 1}\n')
     res = runner.invoke(app, ["convert", str(bad), "-o", str(tmp_path / "o"), "--format", "nope"])
     assert res.exit_code == 2 and "unknown input format" in res.output
+
+
+def test_extract_one_type_per_span(untrained_model_dir):
+    m = ["--model", str(untrained_model_dir), "--backend", "torch", "--threshold", "0.001"]
+
+    def spans(*extra):
+        res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名,地名", *m, *extra])
+        assert res.exit_code == 0, res.output
+        return {t: {(s["start"], s["end"]) for s in v} for t, v in json.loads(res.stdout).items()}
+
+    loose, flat = spans(), spans("--one-type-per-span")
+    assert loose["人名"] & loose["地名"], "an untrained model at a tiny threshold answers both types"
+    assert not flat["人名"] & flat["地名"]
+    assert flat["人名"] | flat["地名"] == loose["人名"] | loose["地名"], "spans move, none is lost"

@@ -111,3 +111,29 @@ def test_a_missing_model_path_is_named_without_asking_the_hub(tmp_path, monkeypa
             Extractor.load(missing)
         assert err.value.code == "E015"
         assert "no such directory" in str(err.value) and str(missing) in str(err.value)
+
+
+def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
+    from hugie.data import EntitySpan, Record
+    from hugie.evaluation import evaluate_ner
+
+    answers = {PER: [("张三", 0.9), ("北京", 0.6)], LOC: [("北京", 0.8), ("张三", 0.55)],
+               "找到文章中【张三】的【出生地】？": [("北京", 0.9)],
+               "找到文章中【北京】的【出生地】？": [("张三", 0.9)]}
+    ex, _ = make(tiny_tokenizer, answers)
+    text = "张三出生于北京"
+    both = ex.extract_entities(text, ["人名", "地名"])
+    assert {t: [s.text for s in v] for t, v in both.items()} == {"人名": ["张三", "北京"], "地名": ["北京", "张三"]}
+    flat = ex.extract_entities(text, ["人名", "地名"], one_type_per_span=True)
+    assert {t: [s.text for s in v] for t, v in flat.items()} == {"人名": ["张三"], "地名": ["北京"]}
+
+    schema = {"entities": ["地名"], "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}
+    loose = ex.extract_schema(text, schema)
+    assert {(r["subject"]["text"], r["object"]["text"]) for r in loose["relations"]} == {("张三", "北京"), ("北京", "张三")}
+    strict = ex.extract_schema(text, {**schema, "one_type_per_span": True})
+    assert {(e["type"], e["text"]) for e in strict["entities"]} == {("人名", "张三"), ("地名", "北京")}
+    assert [(r["subject"]["text"], r["object"]["text"]) for r in strict["relations"]] == [("张三", "北京")]
+
+    gold = [Record("r", text, [EntitySpan("人名", 0, 2, "张三"), EntitySpan("地名", 5, 7, "北京")])]
+    assert evaluate_ner(ex, gold)["precision"] == 50.0
+    assert evaluate_ner(ex, gold, one_type_per_span=True)["precision"] == 100.0
