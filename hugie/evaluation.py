@@ -102,7 +102,7 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
     rel_pairs, rel_keys = [], []
     for (idx, stype), spans in zip(keys, subjects):
         tmpl = _tmpl(extractor, records[idx].text, language)
-        for subj in {s.text for s in spans}:
+        for subj in sorted({s.text for s in spans}):  # hash order would vary the int8 batches per run
             for pred in schema[stype]:
                 rel_pairs.append((tmpl.for_relation(subj, pred), records[idx].text))
                 rel_keys.append((idx, subj, pred))
