@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-
 from .errors import HugieError
 from .instructions import detect_language, templates
 from .modeling import HugieConfig

@@ -129,13 +129,18 @@ def build_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0) -> list[
     return out
 
 
+def resolve_from(root: Path, value: str | Path) -> Path:
+    """A path from a training config: as given when absolute, else relative to the config's folder."""
+    return Path(value) if Path(value).is_absolute() else (Path(root) / value).resolve()
+
+
 def specs_from_config(datasets: list[dict], root: Path) -> list[DatasetSpec]:
     specs = []
     for item in datasets:
         item = dict(item)
         for key in ("path", "label_map", "dev_path"):
             if item.get(key):
-                item[key] = str((root / item[key]).resolve()) if not Path(item[key]).is_absolute() else item[key]
+                item[key] = str(resolve_from(root, item[key]))
         if "tasks" in item:
             item["tasks"] = tuple(item["tasks"])
         specs.append(DatasetSpec(**item))

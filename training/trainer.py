@@ -38,7 +38,7 @@ from hugie.errors import HugieError
 from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens, pack_by_length
 from hugie.windows import plan_windows
 
-from .examples import Example, build_examples, specs_from_config
+from .examples import Example, build_examples, resolve_from, specs_from_config
 
 log = logging.getLogger("hugie.train")
 
@@ -214,9 +214,9 @@ def _load_eval_sets(cfg: TrainConfig) -> list[tuple[str, list]]:
     root = Path(cfg.root)
     sets = []
     for item in cfg.eval:
-        path = Path(item["path"]) if Path(item["path"]).is_absolute() else root / item["path"]
+        path = resolve_from(root, item["path"])
         lm = item.get("label_map")
-        label_map = load_label_map((root / lm) if lm and not Path(lm).is_absolute() else lm)
+        label_map = load_label_map(resolve_from(root, lm) if lm else None)
         records = [apply_label_map(r, label_map) for r in read_jsonl(path)][: item.get("limit", cfg.eval_limit)]
         sets.append((item.get("name", path.parent.name), records))
     return sets
@@ -280,9 +280,7 @@ class Trainer:
         """Model and tokenizer of a trained model directory, checked against the config's head."""
         from hugie.modeling import GlobalPointerModel
 
-        path = Path(os.path.expanduser(cfg.init_from))
-        if not path.is_absolute():
-            path = Path(cfg.root) / path
+        path = resolve_from(cfg.root, os.path.expanduser(cfg.init_from))
         if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
             raise HugieError("E030", file=cfg.root, reason=f"init_from {path} is not a model directory "
                                                            "(config.json and tokenizer.json expected)")
