@@ -35,7 +35,7 @@ log = logging.getLogger("hugie.api")
 class _Job:
     future: asyncio.Future
     pairs: list[tuple[str, str]] = field(default_factory=list)
-    threshold: float = 0.5
+    threshold: float | None = 0.5  # schema jobs: None = the model's defaults
     top_k: int | None = None
     schema: Any = None  # a Schema for schema jobs
     text: str = ""
@@ -107,8 +107,9 @@ class MicroBatcher:
     async def extract_schema(self, text: str, schema, threshold: float | None = None,
                              top_k: int | None = None, *, reserved: bool = False):
         """``Extractor.extract_schema_typed`` for one text, in queue order."""
+        # None stays None: the Extractor then uses the model's own relation threshold for objects
         job = _Job(asyncio.get_running_loop().create_future(), schema=schema, text=text,
-                   threshold=self.default_threshold if threshold is None else float(threshold), top_k=top_k)
+                   threshold=None if threshold is None else float(threshold), top_k=top_k)
         return await self._submit(job, reserved)
 
     @staticmethod

@@ -1,11 +1,14 @@
-"""NER precision/recall/F1 at several span thresholds from one pass (spans kept at the lowest).
+"""Precision/recall/F1 at several span thresholds from one pass (spans kept at the lowest).
 
 Chooses the threshold on a dev set and compares models (e.g. int8 vs fp32) on the same records;
 ``--reference`` also reports how often a model's spans agree with a reference model's.
+``--task re`` sweeps the relation-object threshold instead (subjects at the model's threshold),
+the value a model's ``relation_threshold`` is chosen from.
 
 Usage:
   python benchmarks/threshold_sweep.py --model int8=DIR --model fp32=DIR --data DEV.jsonl \
       [--label-map MAP.json] [--skip 0] [--limit 300] [--thresholds 0.3,0.4,0.5,0.6,0.7] [--reference fp32]
+  python benchmarks/threshold_sweep.py --task re --model int8=DIR --data DEV.jsonl [--skip N] [--limit N]
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import json
 
 from hugie.data import apply_label_map, load_label_map, read_jsonl
-from hugie.evaluation import prf
+from hugie.evaluation import gold_schema, predict_relations, prf, score_relations
 from hugie.extractor import Extractor
 from hugie.instructions import detect_language, templates
 
@@ -51,6 +54,23 @@ def one_type_per_span(spans: set) -> set:
     return set(best.values())
 
 
+def sweep_relations(args, records, thresholds: list[float]) -> None:
+    """Relation triples F1 per object threshold; subjects at each model's own threshold."""
+    schema = gold_schema(records)
+    report = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        found, _ = predict_relations(Extractor.load(path), records, schema, relation_threshold=thresholds[0])
+        rows = {thr: score_relations([k for k, v in found.items() if v >= thr], records) for thr in thresholds}
+        best = max(rows, key=lambda t: rows[t]["f1"])
+        report[name] = best
+        print(f"\n{name}: {len(records)} records, relation triples; best object threshold {best}")
+        print("| relation threshold | P | R | F1 |")
+        for thr, r in rows.items():
+            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} |")
+    print(json.dumps(report))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, help="NAME=DIR (repeatable)")
@@ -60,10 +80,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8")
     ap.add_argument("--reference", default=None, help="model NAME whose spans the others are compared with")
+    ap.add_argument("--task", choices=["ner", "re"], default="ner")
     args = ap.parse_args()
     thresholds = sorted(float(x) for x in args.thresholds.split(","))
     mapping = load_label_map(args.label_map) if args.label_map else None
     records = [apply_label_map(r, mapping) if mapping else r for r in read_jsonl(args.data)][args.skip: args.skip + args.limit]
+    if args.task == "re":
+        return sweep_relations(args, records, thresholds)
     types = sorted({e.type for r in records for e in r.entities})
     gold = {(idx, e.start, e.end, e.type) for idx, r in enumerate(records) for e in r.entities}
     found = {}

@@ -48,6 +48,8 @@ def extract(
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
     one_type_per_span: bool = typer.Option(False, "--one-type-per-span",
                                            help="With --entities or --schema: a span keeps only its best-scoring type."),
+    relation_threshold: Optional[float] = typer.Option(
+        None, help="With --schema: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
     """Extract spans for an instruction, entity types, or a whole schema; prints JSON."""
     from .extractor import Extractor
@@ -58,6 +60,8 @@ def extract(
         chosen = [x is not None for x in (instruction, entities, schema)]
         if sum(chosen) != 1:
             raise typer.BadParameter("give exactly one of --instruction, --entities, --schema")
+        if relation_threshold is not None and schema is None:
+            raise typer.BadParameter("--relation-threshold applies to --schema")
         ex = Extractor.load(model, backend=backend, device=device)
         if instruction is not None:
             spans = ex.extract(instruction, text, threshold=threshold, top_k=top_k)
@@ -73,6 +77,8 @@ def extract(
             spec = json.loads(schema.read_text(encoding="utf-8"))
             if one_type_per_span and isinstance(spec, dict):
                 spec["one_type_per_span"] = True
+            if relation_threshold is not None and isinstance(spec, dict):
+                spec["relation_threshold"] = relation_threshold
             _out(ex.extract_schema(text, spec, threshold=threshold, top_k=top_k))
     except HugieError as exc:
         _fail(exc)
@@ -134,6 +140,8 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
     one_type_per_span: bool = typer.Option(False, "--one-type-per-span",
                                            help="NER: a span keeps only its best-scoring type."),
+    relation_threshold: Optional[float] = typer.Option(
+        None, help="RE: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
     """Strict micro P/R/F1 for NER and RE through the Extractor; JSON on stdout."""
     from .data import apply_label_map, load_label_map, read_jsonl
@@ -147,7 +155,8 @@ def evaluate_cmd(
             records = records[:limit]
         ex = Extractor.load(model, backend=backend, device=device)
         schema_obj = json.loads(schema.read_text(encoding="utf-8")) if schema else None
-        result = evaluate(ex, records, schema=schema_obj, threshold=threshold, one_type_per_span=one_type_per_span)
+        result = evaluate(ex, records, schema=schema_obj, threshold=threshold, one_type_per_span=one_type_per_span,
+                          relation_threshold=relation_threshold)
         result.update({"data": str(data), "model": ex.model_path, "backend": ex.backend.name})
         if not as_json:
             for task in ("ner", "re"):

@@ -87,11 +87,13 @@ def gold_schema(records: Sequence[Record]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in schema.items()}
 
 
-def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str]] | None = None,
-                threshold: float | None = None, language: str | None = None) -> dict:
-    schema = schema or gold_schema(records)
+def predict_relations(extractor, records: Sequence[Record], schema: dict[str, list[str]],
+                      threshold: float | None = None, relation_threshold: float | None = None,
+                      language: str | None = None) -> tuple[dict[tuple[int, str, str, str], float], int]:
+    """``({(record index, subject text, predicate, object text): best object score}, passes asked)``:
+    subjects from entity passes at ``threshold``, objects at :meth:`Extractor.relation_threshold`."""
+    object_threshold = extractor.relation_threshold(threshold, relation_threshold)
     subject_types = sorted(schema)
-    start = time.perf_counter()
     pairs, keys = [], []
     for idx, rec in enumerate(records):
         tmpl = _tmpl(extractor, rec.text, language)
@@ -106,9 +108,17 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
             for pred in schema[stype]:
                 rel_pairs.append((tmpl.for_relation(subj, pred), records[idx].text))
                 rel_keys.append((idx, subj, pred))
-    objects = extractor.extract(rel_pairs, threshold=threshold) if rel_pairs else []
-    elapsed = time.perf_counter() - start
-    pred = {(idx, subj, p, o.text) for (idx, subj, p), objs in zip(rel_keys, objects) for o in objs}
+    objects = extractor.extract(rel_pairs, threshold=object_threshold) if rel_pairs else []
+    found: dict[tuple[int, str, str, str], float] = {}
+    for key, objs in zip(rel_keys, objects):
+        for o in objs:
+            found[(*key, o.text)] = max(o.score, found.get((*key, o.text), 0.0))
+    return found, len(pairs) + len(rel_pairs)
+
+
+def score_relations(pred, records: Sequence[Record]) -> dict:
+    """Strict micro P/R/F1 of predicted (record index, subject, predicate, object) tuples, per predicate too."""
+    pred = set(pred)
     gold = {(idx, r.subject.text, r.predicate, r.object.text) for idx, rec in enumerate(records)
             for r in rec.relations}
     tp = pred & gold
@@ -116,19 +126,32 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
     counts = Counter(x[2] for x in gold)
     out["per_predicate"] = {p: prf(sum(1 for x in tp if x[2] == p), sum(1 for x in pred if x[2] == p), n)
                             for p, n in sorted(counts.items())}
-    out["passes"] = len(pairs) + len(rel_pairs)
+    return out
+
+
+def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str]] | None = None,
+                threshold: float | None = None, language: str | None = None,
+                relation_threshold: float | None = None) -> dict:
+    schema = schema or gold_schema(records)
+    start = time.perf_counter()
+    found, passes = predict_relations(extractor, records, schema, threshold, relation_threshold, language)
+    elapsed = time.perf_counter() - start
+    out = score_relations(found, records)
+    out["relation_threshold"] = extractor.relation_threshold(threshold, relation_threshold)
+    out["passes"] = passes
     out["passes_per_second"] = round(out["passes"] / elapsed, 2) if elapsed > 0 else None
     return out
 
 
 def evaluate(extractor, records: Sequence[Record], *, schema=None, threshold=None, language=None,
-             types=None, one_type_per_span: bool = False) -> dict:
+             types=None, one_type_per_span: bool = False, relation_threshold: float | None = None) -> dict:
     """``{"ner": {...}, "re": {...}, "reachable": pct, "records": n}`` (a task without gold is omitted)."""
     out: dict = {"records": len(records)}
     if any(r.entities for r in records):
         out["ner"] = evaluate_ner(extractor, records, types=types, threshold=threshold, language=language,
                                   one_type_per_span=one_type_per_span)
     if any(r.relations for r in records):
-        out["re"] = evaluate_re(extractor, records, schema=schema, threshold=threshold, language=language)
+        out["re"] = evaluate_re(extractor, records, schema=schema, threshold=threshold, language=language,
+                                relation_threshold=relation_threshold)
     out["reachable"] = reachable_fraction(extractor.tokenizer, records, extractor.config.max_span_width)
     return out

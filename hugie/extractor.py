@@ -137,6 +137,15 @@ class Extractor:
             raise HugieError("E003", value=threshold)
         return float(value)
 
+    def relation_threshold(self, threshold: float | None = None, relation_threshold: float | None = None) -> float:
+        """The threshold for relation-object passes: ``relation_threshold`` if given, else an explicit
+        ``threshold``, else the model's relation threshold (its ``threshold`` if it has none)."""
+        if relation_threshold is not None:
+            return self._check_threshold(relation_threshold)
+        if threshold is not None:
+            return self._check_threshold(threshold)
+        return self._check_threshold(getattr(self.config, "relation_threshold", None))
+
     @staticmethod
     def _check_top_k(top_k: int | None) -> int | None:
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -242,7 +251,7 @@ class Extractor:
         """Entities and relation triples for a schema, as plain dicts (see :class:`SchemaResult`).
 
         Entity types (including relation subject types) run as one batched pass; then one batched
-        pass asks each relation of each found subject.
+        pass asks each relation of each found subject, at :meth:`relation_threshold`.
         """
         return self.extract_schema_typed(text, schema, threshold=threshold, top_k=top_k,
                                          language=language).model_dump()
@@ -252,6 +261,7 @@ class Extractor:
         schema = self._parse_schema(schema)
         if not isinstance(text, str):
             raise HugieError("E001", type=type(text).__name__)
+        object_threshold = self.relation_threshold(threshold, schema.relation_threshold)
         tmpl = self._templates(text, language)
         entity_types = list(dict.fromkeys(schema.entities + [r.subject for r in schema.relations]))
         by_type = self.extract_entities(text, entity_types, threshold=threshold, top_k=top_k,
@@ -263,7 +273,7 @@ class Extractor:
             for subj in by_type.get(rel.subject, []):
                 asks.append((rel, Entity(type=rel.subject, **subj.model_dump())))
         answers = self.extract([(tmpl.for_relation(s.text, r.predicate), text) for r, s in asks],
-                               threshold=threshold, top_k=top_k) if asks else []
+                               threshold=object_threshold, top_k=top_k) if asks else []
         relations = []
         for (rel, subj), objects in zip(asks, answers):
             for obj in objects:
@@ -290,5 +300,6 @@ class Extractor:
         from . import __version__
 
         return {"hugie": __version__, "model": self.model_path, "max_span_width": self.config.max_span_width,
-                "threshold": self.config.threshold, "max_length": self.config.max_seq_length,
+                "threshold": self.config.threshold, "relation_threshold": self.relation_threshold(),
+                "max_length": self.config.max_seq_length,
                 "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}

@@ -33,6 +33,7 @@ class HugieConfig(PretrainedConfig):
         max_span_width: int = 48,
         threshold: float = 0.5,
         max_seq_length: int = 512,
+        relation_threshold: float | None = None,
         instructions: dict | None = None,
         **kwargs,
     ):
@@ -41,6 +42,7 @@ class HugieConfig(PretrainedConfig):
         self.head_size = head_size
         self.max_span_width = max_span_width
         self.threshold = threshold
+        self.relation_threshold = relation_threshold  # relation-object passes of a schema; None: threshold
         self.max_seq_length = max_seq_length
         self.instructions = instructions or default_templates_dict()
 

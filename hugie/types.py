@@ -48,6 +48,9 @@ class Schema(BaseModel):
     relations: list[RelationSchema] = Field(default_factory=list)
     one_type_per_span: bool = Field(False, description="A span found for several entity types keeps only "
                                                        "its best-scoring type (for flat, exclusive type sets).")
+    relation_threshold: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "Score threshold for relation objects. Default: the request's threshold if given, else the "
+        "model's relation threshold."))
 
 
 class SchemaResult(BaseModel):

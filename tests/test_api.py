@@ -137,6 +137,28 @@ def test_schema_one_type_per_span_reaches_the_extractor(tiny_tokenizer):
     run(go())
 
 
+def test_schema_relations_use_the_models_relation_threshold_unless_asked(tiny_tokenizer):
+    ex, _ = make_extractor(tiny_tokenizer, {PER: [("张三", 0.9)], "找到文章中【张三】的【出生地】？": [("北京", 0.7)]})
+    ex.config.relation_threshold = 0.8
+
+    async def go():
+        async with serving(create_app(make_settings(), extractor=ex)) as c:
+            schema = {"relations": [{"subject": "人名", "predicate": "出生地"}]}
+
+            async def objects(**kw):
+                body = {"text": "张三出生于北京", "schema": {**schema, **kw.pop("schema", {})}, **kw}
+                r = await c.post("/extract", json=body)
+                assert r.status_code == 200, r.text
+                return [x["object"]["text"] for x in r.json()["relations"]]
+
+            assert await objects() == []
+            assert await objects(threshold=0.6) == ["北京"]
+            assert await objects(schema={"relation_threshold": 0.6}) == ["北京"]
+            bad = {"text": "张三", "schema": {**schema, "relation_threshold": 1.5}}
+            assert (await c.post("/extract", json=bad)).status_code == 422
+    run(go())
+
+
 def test_long_text_within_limit_is_windowed_not_truncated(tiny_tokenizer):
     ex, backend = make_extractor(tiny_tokenizer, {PER: [("王小明", 0.9)]}, max_len=40)
     text = "。".join(f"第{i}句王小明去了北京" for i in range(12))

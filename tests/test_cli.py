@@ -66,3 +66,19 @@ def test_extract_one_type_per_span(untrained_model_dir):
     assert loose["人名"] & loose["地名"], "an untrained model at a tiny threshold answers both types"
     assert not flat["人名"] & flat["地名"]
     assert flat["人名"] | flat["地名"] == loose["人名"] | loose["地名"], "spans move, none is lost"
+
+
+def test_relation_threshold_option(untrained_model_dir, tmp_path):
+    m = ["--model", str(untrained_model_dir), "--backend", "torch"]
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名", "--relation-threshold", "0.5", *m])
+    assert res.exit_code != 0 and "--relation-threshold applies to --schema" in res.output
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"relations": [{"subject": "人名", "predicate": "出生地"}]}))
+
+    def triples(*extra):
+        res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), *m, "--threshold", "0.001", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)["relations"]
+
+    assert triples(), "an untrained model at a tiny threshold answers every pass"
+    assert triples("--relation-threshold", "1.0") == [], "objects alone meet the stricter threshold"

@@ -137,3 +137,37 @@ def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
     gold = [Record("r", text, [EntitySpan("人名", 0, 2, "张三"), EntitySpan("地名", 5, 7, "北京")])]
     assert evaluate_ner(ex, gold)["precision"] == 50.0
     assert evaluate_ner(ex, gold, one_type_per_span=True)["precision"] == 100.0
+
+
+def test_relation_objects_use_the_relation_threshold(tiny_tokenizer):
+    from hugie.data import EntitySpan, Record, RelationTriple
+    from hugie.evaluation import evaluate_re
+
+    answers = {PER: [("张三", 0.9), ("李四", 0.6)], "找到文章中【张三】的【出生地】？": [("北京", 0.9)],
+               "找到文章中【李四】的【出生地】？": [("上海", 0.65)]}
+    ex, _ = make(tiny_tokenizer, answers)
+    ex.config.relation_threshold = 0.8
+    text = "张三出生于北京，李四出生于上海"
+    schema = {"relations": [{"subject": "人名", "predicate": "出生地"}]}
+
+    def triples(**kw):
+        result = ex.extract_schema(text, {**schema, **kw.pop("schema", {})}, **kw)
+        return {(r["subject"]["text"], r["object"]["text"]) for r in result["relations"]}
+
+    assert triples() == {("张三", "北京")}, "李四 is a subject at 0.5; his object misses the model's 0.8"
+    assert triples(threshold=0.5) == {("张三", "北京"), ("李四", "上海")}, "an explicit threshold applies to all"
+    assert triples(threshold=0.62) == {("张三", "北京")}, "subject 李四 (0.6) is gone at 0.62"
+    assert triples(threshold=0.95, schema={"relation_threshold": 0.6}) == set()
+    assert triples(schema={"relation_threshold": 0.6}) == {("张三", "北京"), ("李四", "上海")}
+    assert ex.info()["relation_threshold"] == 0.8
+    ex.config.relation_threshold = None
+    assert triples() == {("张三", "北京"), ("李四", "上海")}, "no relation threshold: the model's threshold"
+    with pytest.raises(HugieError, match="E003"):
+        ex.relation_threshold(relation_threshold=2.0)
+
+    ex.config.relation_threshold = 0.8
+    gold = [Record("r", text, [], [RelationTriple(EntitySpan("人名", 8, 10, "李四"), "出生地",
+                                                  EntitySpan("地名", 13, 15, "上海"))])]
+    strict = evaluate_re(ex, gold)
+    assert strict["recall"] == 0.0 and strict["relation_threshold"] == 0.8
+    assert evaluate_re(ex, gold, relation_threshold=0.6)["recall"] == 100.0

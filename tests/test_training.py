@@ -138,8 +138,14 @@ def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_di
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
     assert trainer.tokenizer.vocab_size == start["encoder.embeddings.word_embeddings.weight"].shape[0]
     assert trainer.model.config.threshold == 0.6
+    assert trainer.model.config.relation_threshold is None
     assert TrainConfig.from_file(path).fingerprint() != TrainConfig.from_file(
         path, init_from=str(tmp_path)).fingerprint()
+
+    path.write_text(json.dumps({**cfg, "relation_threshold": 0.7}), encoding="utf-8")
+    assert Trainer(TrainConfig.from_file(path)).model.config.relation_threshold == 0.7
+    assert TrainConfig.from_file(path).fingerprint() == TrainConfig.from_file(
+        path, relation_threshold=None).fingerprint(), "a decoding setting: a checkpoint still resumes"
 
     path.write_text(json.dumps({**cfg, "head_size": 32}), encoding="utf-8")
     with pytest.raises(HugieError, match="head_size is 32"):

@@ -55,6 +55,7 @@ class TrainConfig:
     max_span_width: int = 48
     head_size: int = 64
     threshold: float = 0.5
+    relation_threshold: float | None = None  # relation-object passes (chosen on dev; decoding only)
     lr: float = 5e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.01
@@ -97,10 +98,10 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """What a checkpoint must agree on to resume: the recipe, not where the config file sits
-        (``root``) or how long and how visibly it runs."""
+        (``root``), how long and how visibly it runs, or the relation threshold it ships with."""
         keep = {k: v for k, v in self.to_dict().items()
                 if k not in ("eval_every", "eval_limit", "save_every", "time_limit_minutes", "threads",
-                             "eval", "output_dir", "max_steps", "epochs", "root")}
+                             "eval", "output_dir", "max_steps", "epochs", "root", "relation_threshold")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -254,6 +255,7 @@ class Trainer:
             self.model = GlobalPointerModel.from_encoder(
                 encoder, head_size=cfg.head_size, max_span_width=cfg.max_span_width, threshold=cfg.threshold,
                 max_seq_length=512)
+        self.model.config.relation_threshold = cfg.relation_threshold
         if cfg.freeze_embeddings:
             self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         self.device = torch.device(self.dist.device)
