@@ -65,9 +65,9 @@ def sweep_relations(args, records, thresholds: list[float]) -> None:
         best = max(rows, key=lambda t: rows[t]["f1"])
         report[name] = best
         print(f"\n{name}: {len(records)} records, relation triples; best object threshold {best}")
-        print("| relation threshold | P | R | F1 |")
+        print("| relation threshold | P | R | F1 | tp / predicted / gold |")
         for thr, r in rows.items():
-            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} |")
+            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} | {r['tp']} / {r['predicted']} / {r['gold']} |")
     print(json.dumps(report))
 
 
