@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import HugieError
-from .types import Schema
+from .types import Schema, validate_schema
 
 log = logging.getLogger("hugie.batch")
 
@@ -475,7 +475,7 @@ def load_schema(path: str | Path) -> Schema:
     for item in data.get("relations") or []:
         if not isinstance(item, dict) or "subject" not in item or "predicate" not in item:
             raise HugieError("E006", item=item)
-    return Schema.model_validate(data)
+    return validate_schema(data)
 
 
 def _is_record_error(exc: BaseException) -> bool:

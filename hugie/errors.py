@@ -35,6 +35,7 @@ MESSAGES: dict[str, str] = {
     "E023": "{file}:{line}: {reason}",
     "E024": "file not found: {file}",
     "E025": "label map {file} must be a JSON object of source label -> type name (or a list of type names)",
+    "E026": "invalid schema: {details}",
     # training
     "E030": "training config {file}: {reason}",
     "E031": "no training examples were built from {datasets}",

@@ -17,7 +17,7 @@ from .instructions import detect_language, templates
 from .modeling import HugieConfig
 from .scoring import logit, sigmoid
 from .tokenization import HugieTokenizer, TextTokens, pack_by_length
-from .types import Entity, Relation, Schema, SchemaResult, Span
+from .types import Entity, Relation, Schema, SchemaResult, Span, validate_schema
 from .windows import plan_windows
 
 log = logging.getLogger("hugie")
@@ -294,7 +294,7 @@ class Extractor:
         ents = schema.get("entities", []) or []
         if isinstance(ents, str) or not all(isinstance(e, str) and e for e in ents):
             raise HugieError("E009", value=ents)
-        return Schema.model_validate(schema)
+        return validate_schema(schema)
 
     def info(self) -> dict:
         from . import __version__

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from .errors import HugieError
 
 
 class Span(BaseModel):
@@ -51,6 +53,15 @@ class Schema(BaseModel):
     relation_threshold: float | None = Field(None, ge=0.0, le=1.0, description=(
         "Score threshold for relation objects. Default: the request's threshold if given, else the "
         "model's relation threshold."))
+
+
+def validate_schema(data: dict) -> Schema:
+    """A :class:`Schema` from a plain dict; a bad field value raises E026 naming the field."""
+    try:
+        return Schema.model_validate(data)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise HugieError("E026", details=details) from None
 
 
 class SchemaResult(BaseModel):

@@ -73,6 +73,8 @@ def test_bad_inputs_raise_catalogued_errors(tiny_tokenizer):
         ex.extract_schema("张三", {"types": []})
     with pytest.raises(HugieError, match="E006"):
         ex.extract_schema("张三", {"relations": [{"subject": "人名"}]})
+    with pytest.raises(HugieError, match=r"E026\] invalid schema: one_type_per_span: Input should be a valid boolean"):
+        ex.extract_schema("张三", {"entities": ["人名"], "one_type_per_span": "sometimes"})
     assert ex.extract(PER, "") == []
 
 
