@@ -461,8 +461,9 @@ class RemoteRunner:
         return out
 
 
-def load_schema(path: str | Path) -> Schema:
-    """A schema file ``{"entities": [...], "relations": [{"subject", "predicate", "object"?}]}``."""
+def load_schema(path: str | Path, relation_threshold: float | None = None) -> Schema:
+    """A schema file ``{"entities": [...], "relations": [{"subject", "predicate", "object"?}]}``;
+    ``relation_threshold`` overrides the file's."""
     path = Path(path)
     if not path.exists():
         raise HugieError("E024", file=path)
@@ -475,6 +476,8 @@ def load_schema(path: str | Path) -> Schema:
     for item in data.get("relations") or []:
         if not isinstance(item, dict) or "subject" not in item or "predicate" not in item:
             raise HugieError("E006", item=item)
+    if relation_threshold is not None:
+        data["relation_threshold"] = relation_threshold
     return validate_schema(data)
 
 

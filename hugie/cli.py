@@ -275,6 +275,8 @@ def batch(
     api_key: Optional[str] = typer.Option(None, envvar="HUGIE_API_KEY", help="API key for --url."),
     timeout: float = typer.Option(120.0, help="Per-request timeout for --url, s."),
     threshold: Optional[float] = typer.Option(None, help="Score threshold in [0, 1] (default: the model's)."),
+    relation_threshold: Optional[float] = typer.Option(
+        None, help="With --schema: threshold for relation objects (default: --threshold, else the model's)."),
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     engine: str = typer.Option("local", help="local (this process) or ray (Ray Data actor pool: --workers "
@@ -294,7 +296,9 @@ def batch(
             raise typer.BadParameter("--address needs --engine ray")
         if engine == "ray" and url:
             raise typer.BadParameter("--engine ray loads the model in its workers; it does not take --url")
-        schema_obj = load_schema(schema) if schema is not None else None
+        if relation_threshold is not None and schema is None:
+            raise typer.BadParameter("--relation-threshold applies to --schema")
+        schema_obj = load_schema(schema, relation_threshold=relation_threshold) if schema is not None else None
         check_output(output, resume, overwrite)  # before loading a model
         if engine == "ray":
             from rich.markup import escape

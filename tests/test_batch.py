@@ -112,6 +112,8 @@ def test_schema_mode(tmp_path, tiny_tokenizer):
         load_schema(write(tmp_path / "bad.json", '{"relations": [{"subject": "人名"}]}'))
     with pytest.raises(HugieError, match=r"E026.*relation_threshold: Input should be less than or equal to 1"):
         load_schema(write(tmp_path / "bad.json", '{"entities": ["人名"], "relation_threshold": 2}'))
+    assert load_schema(write(tmp_path / "s.json", '{"entities": ["人名"], "relation_threshold": 0.9}'),
+                       relation_threshold=0.6).relation_threshold == 0.6
 
 
 def test_resume_skips_done_records_and_cuts_a_torn_last_line(tmp_path, runner):

@@ -72,6 +72,10 @@ def test_relation_threshold_option(untrained_model_dir, tmp_path):
     m = ["--model", str(untrained_model_dir), "--backend", "torch"]
     res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名", "--relation-threshold", "0.5", *m])
     assert res.exit_code != 0 and "--relation-threshold applies to --schema" in res.output
+    (tmp_path / "in.txt").write_text("李四出生于上海\n", encoding="utf-8")
+    res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-i", "找人名",
+                              "--relation-threshold", "0.5", *m])
+    assert res.exit_code != 0 and "--relation-threshold applies to --schema" in res.output
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({"relations": [{"subject": "人名", "predicate": "出生地"}]}))
 
@@ -82,3 +86,8 @@ def test_relation_threshold_option(untrained_model_dir, tmp_path):
 
     assert triples(), "an untrained model at a tiny threshold answers every pass"
     assert triples("--relation-threshold", "1.0") == [], "objects alone meet the stricter threshold"
+    res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-s", str(schema),
+                              *m, "--threshold", "0.001", "--relation-threshold", "1.0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    [rec] = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rec["entities"] and rec["relations"] == []
