@@ -461,9 +461,9 @@ class RemoteRunner:
         return out
 
 
-def load_schema(path: str | Path, relation_threshold: float | None = None) -> Schema:
+def load_schema(path: str | Path, **overrides) -> Schema:
     """A schema file ``{"entities": [...], "relations": [{"subject", "predicate", "object"?}]}``;
-    ``relation_threshold`` overrides the file's."""
+    keyword ``overrides`` that are not None (``relation_threshold=0.8``) replace the file's keys."""
     path = Path(path)
     if not path.exists():
         raise HugieError("E024", file=path)
@@ -476,8 +476,7 @@ def load_schema(path: str | Path, relation_threshold: float | None = None) -> Sc
     for item in data.get("relations") or []:
         if not isinstance(item, dict) or "subject" not in item or "predicate" not in item:
             raise HugieError("E006", item=item)
-    if relation_threshold is not None:
-        data["relation_threshold"] = relation_threshold
+    data.update({key: value for key, value in overrides.items() if value is not None})
     return validate_schema(data)
 
 

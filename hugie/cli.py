@@ -52,6 +52,7 @@ def extract(
         None, help="With --schema: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
     """Extract spans for an instruction, entity types, or a whole schema; prints JSON."""
+    from .batch import load_schema
     from .extractor import Extractor
 
     try:
@@ -62,6 +63,8 @@ def extract(
             raise typer.BadParameter("give exactly one of --instruction, --entities, --schema")
         if relation_threshold is not None and schema is None:
             raise typer.BadParameter("--relation-threshold applies to --schema")
+        spec = load_schema(schema, one_type_per_span=one_type_per_span or None,
+                           relation_threshold=relation_threshold) if schema is not None else None  # before the model
         ex = Extractor.load(model, backend=backend, device=device)
         if instruction is not None:
             spans = ex.extract(instruction, text, threshold=threshold, top_k=top_k)
@@ -72,13 +75,6 @@ def extract(
                                          one_type_per_span=one_type_per_span)
             _out({t: [s.model_dump() for s in spans] for t, spans in result.items()})
         else:
-            if not schema.exists():
-                raise HugieError("E024", file=schema)
-            spec = json.loads(schema.read_text(encoding="utf-8"))
-            if one_type_per_span and isinstance(spec, dict):
-                spec["one_type_per_span"] = True
-            if relation_threshold is not None and isinstance(spec, dict):
-                spec["relation_threshold"] = relation_threshold
             _out(ex.extract_schema(text, spec, threshold=threshold, top_k=top_k))
     except HugieError as exc:
         _fail(exc)

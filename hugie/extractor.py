@@ -144,7 +144,7 @@ class Extractor:
             return self._check_threshold(relation_threshold)
         if threshold is not None:
             return self._check_threshold(threshold)
-        return self._check_threshold(getattr(self.config, "relation_threshold", None))
+        return self._check_threshold(self.config.relation_threshold)
 
     @staticmethod
     def _check_top_k(top_k: int | None) -> int | None:

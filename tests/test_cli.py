@@ -52,6 +52,9 @@ def test_errors_are_reported_not_raised(tmp_path):
     bad.write_text('{"text": 1}\n')
     res = runner.invoke(app, ["convert", str(bad), "-o", str(tmp_path / "o"), "--format", "nope"])
     assert res.exit_code == 2 and "unknown input format" in res.output
+    bad.write_text("{not json")
+    res = runner.invoke(app, ["extract", "张三", "-s", str(bad), "--model", str(tmp_path)])
+    assert res.exit_code == 2 and "invalid JSON" in res.output, "the schema file is read before any model"
 
 
 def test_extract_one_type_per_span(untrained_model_dir):
