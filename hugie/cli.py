@@ -46,8 +46,10 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threshold: Optional[float] = typer.Option(None, help="Score threshold in [0, 1] (default: the model's)."),
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
-    one_type_per_span: bool = typer.Option(False, "--one-type-per-span",
-                                           help="With --entities or --schema: a span keeps only its best-scoring type."),
+    one_type_per_span: Optional[bool] = typer.Option(
+        None, "--one-type-per-span/--all-types",
+        help="With --entities or --schema: a span keeps only its best-scoring type, or stays under every type "
+             "that finds it (default: the schema file's key, else the model's)."),
     relation_threshold: Optional[float] = typer.Option(
         None, help="With --schema: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
@@ -63,7 +65,7 @@ def extract(
             raise typer.BadParameter("give exactly one of --instruction, --entities, --schema")
         if relation_threshold is not None and schema is None:
             raise typer.BadParameter("--relation-threshold applies to --schema")
-        spec = load_schema(schema, one_type_per_span=one_type_per_span or None,
+        spec = load_schema(schema, one_type_per_span=one_type_per_span,
                            relation_threshold=relation_threshold) if schema is not None else None  # before the model
         ex = Extractor.load(model, backend=backend, device=device)
         if instruction is not None:
@@ -134,8 +136,9 @@ def evaluate_cmd(
     device: str = typer.Option("auto"),
     threshold: Optional[float] = typer.Option(None),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
-    one_type_per_span: bool = typer.Option(False, "--one-type-per-span",
-                                           help="NER: a span keeps only its best-scoring type."),
+    one_type_per_span: Optional[bool] = typer.Option(
+        None, "--one-type-per-span/--all-types",
+        help="NER: a span keeps only its best-scoring type, or counts under every type (default: the model's)."),
     relation_threshold: Optional[float] = typer.Option(
         None, help="RE: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
@@ -273,6 +276,10 @@ def batch(
     threshold: Optional[float] = typer.Option(None, help="Score threshold in [0, 1] (default: the model's)."),
     relation_threshold: Optional[float] = typer.Option(
         None, help="With --schema: threshold for relation objects (default: --threshold, else the model's)."),
+    one_type_per_span: Optional[bool] = typer.Option(
+        None, "--one-type-per-span/--all-types",
+        help="With --schema: a span keeps only its best-scoring entity type, or stays under every type that "
+             "finds it (default: the schema file's key, else the model's)."),
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     engine: str = typer.Option("local", help="local (this process) or ray (Ray Data actor pool: --workers "
@@ -292,9 +299,11 @@ def batch(
             raise typer.BadParameter("--address needs --engine ray")
         if engine == "ray" and url:
             raise typer.BadParameter("--engine ray loads the model in its workers; it does not take --url")
-        if relation_threshold is not None and schema is None:
-            raise typer.BadParameter("--relation-threshold applies to --schema")
-        schema_obj = load_schema(schema, relation_threshold=relation_threshold) if schema is not None else None
+        for flag, value in (("--relation-threshold", relation_threshold), ("--one-type-per-span", one_type_per_span)):
+            if value is not None and schema is None:
+                raise typer.BadParameter(f"{flag} applies to --schema")
+        schema_obj = load_schema(schema, relation_threshold=relation_threshold,
+                                 one_type_per_span=one_type_per_span) if schema is not None else None
         check_output(output, resume, overwrite)  # before loading a model
         if engine == "ray":
             from rich.markup import escape

@@ -45,7 +45,8 @@ def _tmpl(extractor, text: str, language: str | None):
 
 def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | None = None,
                  threshold: float | None = None, language: str | None = None,
-                 one_type_per_span: bool = False) -> dict:
+                 one_type_per_span: bool | None = None) -> dict:
+    one_type_per_span = extractor.one_type_per_span(one_type_per_span)
     types = sorted(types or {e.type for r in records for e in r.entities})
     pairs, keys = [], []
     for idx, rec in enumerate(records):
@@ -73,6 +74,7 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
         per_type[t] = prf(sum(1 for x in tp if x[3] == t), sum(1 for x in pred if x[3] == t),
                           sum(1 for x in gold if x[3] == t))
     out["per_type"] = per_type
+    out["one_type_per_span"] = one_type_per_span
     out["passes"] = len(pairs)
     out["passes_per_second"] = round(len(pairs) / elapsed, 2) if elapsed > 0 else None
     return out
@@ -144,7 +146,7 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
 
 
 def evaluate(extractor, records: Sequence[Record], *, schema=None, threshold=None, language=None,
-             types=None, one_type_per_span: bool = False, relation_threshold: float | None = None) -> dict:
+             types=None, one_type_per_span: bool | None = None, relation_threshold: float | None = None) -> dict:
     """``{"ner": {...}, "re": {...}, "reachable": pct, "records": n}`` (a task without gold is omitted)."""
     out: dict = {"records": len(records)}
     if any(r.entities for r in records):

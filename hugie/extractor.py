@@ -146,6 +146,11 @@ class Extractor:
             return self._check_threshold(threshold)
         return self._check_threshold(self.config.relation_threshold)
 
+    def one_type_per_span(self, value: bool | None = None) -> bool:
+        """Whether entity passes keep a span only under its best-scoring type: ``value`` if given,
+        else the model's default."""
+        return bool(self.config.one_type_per_span) if value is None else bool(value)
+
     @staticmethod
     def _check_top_k(top_k: int | None) -> int | None:
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -236,15 +241,16 @@ class Extractor:
 
     def extract_entities(self, text: str, types: Sequence[str], *, threshold: float | None = None,
                          top_k: int | None = None, language: str | None = None,
-                         one_type_per_span: bool = False) -> dict[str, list[Span]]:
-        """``{type: spans}`` for each entity type, one batched call; with ``one_type_per_span`` a
-        span found for several types stays only under its best-scoring one."""
+                         one_type_per_span: bool | None = None) -> dict[str, list[Span]]:
+        """``{type: spans}`` for each entity type, one batched call; with ``one_type_per_span`` (default:
+        the model's, see :meth:`one_type_per_span`) a span found for several types stays only under its
+        best-scoring one."""
         if isinstance(types, str) or not types or not all(isinstance(t, str) and t for t in types):
             raise HugieError("E009", value=types)
         tmpl = self._templates(text, language)
         spans = self.extract([(tmpl.for_entity(t), text) for t in types], threshold=threshold, top_k=top_k)
         by_type = dict(zip(types, spans))
-        return keep_best_type(by_type) if one_type_per_span else by_type
+        return keep_best_type(by_type) if self.one_type_per_span(one_type_per_span) else by_type
 
     def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
                        top_k: int | None = None, language: str | None = None) -> dict:
@@ -301,5 +307,6 @@ class Extractor:
 
         return {"hugie": __version__, "model": self.model_path, "max_span_width": self.config.max_span_width,
                 "threshold": self.config.threshold, "relation_threshold": self.relation_threshold(),
+                "one_type_per_span": self.one_type_per_span(),
                 "max_length": self.config.max_seq_length,
                 "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}

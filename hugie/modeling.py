@@ -34,6 +34,7 @@ class HugieConfig(PretrainedConfig):
         threshold: float = 0.5,
         max_seq_length: int = 512,
         relation_threshold: float | None = None,
+        one_type_per_span: bool = False,
         instructions: dict | None = None,
         **kwargs,
     ):
@@ -43,6 +44,7 @@ class HugieConfig(PretrainedConfig):
         self.max_span_width = max_span_width
         self.threshold = threshold
         self.relation_threshold = relation_threshold  # relation-object passes of a schema; None: threshold
+        self.one_type_per_span = one_type_per_span  # entity passes: a span keeps only its best type
         self.max_seq_length = max_seq_length
         self.instructions = instructions or default_templates_dict()
 

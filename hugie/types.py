@@ -48,8 +48,9 @@ class Schema(BaseModel):
 
     entities: list[str] = Field(default_factory=list)
     relations: list[RelationSchema] = Field(default_factory=list)
-    one_type_per_span: bool = Field(False, description="A span found for several entity types keeps only "
-                                                       "its best-scoring type (for flat, exclusive type sets).")
+    one_type_per_span: bool | None = Field(None, description=(
+        "A span found for several entity types keeps only its best-scoring type (for flat, exclusive "
+        "type sets); false keeps it under every type. Default: the model's."))
     relation_threshold: float | None = Field(None, ge=0.0, le=1.0, description=(
         "Score threshold for relation objects. Default: the request's threshold if given, else the "
         "model's relation threshold."))

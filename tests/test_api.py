@@ -134,6 +134,11 @@ def test_schema_one_type_per_span_reaches_the_extractor(tiny_tokenizer):
             assert [(e["type"], e["text"]) for e in strict["entities"]] == [("人名", "张三"), ("地名", "北京")]
             body["schema"]["one_type_per_span"] = "sometimes"
             assert (await c.post("/extract", json=body)).status_code == 422
+            ex.config.one_type_per_span = True  # the model's default, unless the schema says otherwise
+            del body["schema"]["one_type_per_span"]
+            assert (await c.post("/extract", json=body)).json()["entities"] == strict["entities"]
+            body["schema"]["one_type_per_span"] = False
+            assert (await c.post("/extract", json=body)).json()["entities"] == loose["entities"]
     run(go())
 
 

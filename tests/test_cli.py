@@ -1,4 +1,5 @@
 import json
+import shutil
 
 from typer.testing import CliRunner
 
@@ -69,6 +70,39 @@ def test_extract_one_type_per_span(untrained_model_dir):
     assert loose["人名"] & loose["地名"], "an untrained model at a tiny threshold answers both types"
     assert not flat["人名"] & flat["地名"]
     assert flat["人名"] | flat["地名"] == loose["人名"] | loose["地名"], "spans move, none is lost"
+
+
+def test_one_type_per_span_follows_the_model_unless_asked(untrained_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(untrained_model_dir, model)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "one_type_per_span": True}), encoding="utf-8")
+    m = ["--model", str(model), "--backend", "torch", "--threshold", "0.001"]
+
+    def overlap(*extra):
+        res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名,地名", *m, *extra])
+        assert res.exit_code == 0, res.output
+        found = {t: {(s["start"], s["end"]) for s in v} for t, v in json.loads(res.stdout).items()}
+        return found["人名"] & found["地名"]
+
+    assert not overlap(), "the model's default: one type per span"
+    assert overlap("--all-types"), "an untrained model at a tiny threshold answers both types"
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"entities": ["人名", "地名"], "one_type_per_span": False}))
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), *m])
+    assert res.exit_code == 0, res.output
+    spans = [(e["start"], e["end"]) for e in json.loads(res.stdout)["entities"]]
+    assert len(spans) > len(set(spans)), "the schema file's key beats the model's default"
+    (tmp_path / "in.txt").write_text("李四出生于上海\n", encoding="utf-8")
+    res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-i", "找人名",
+                              "--all-types", *m])
+    assert res.exit_code != 0 and "--one-type-per-span applies to --schema" in res.output
+    res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-s", str(schema),
+                              "--one-type-per-span", "--no-progress", *m])
+    assert res.exit_code == 0, res.output
+    [rec] = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    spans = [(e["start"], e["end"]) for e in rec["entities"]]
+    assert spans and len(spans) == len(set(spans)), "the flag beats the schema file's key"
 
 
 def test_relation_threshold_option(untrained_model_dir, tmp_path):

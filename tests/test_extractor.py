@@ -140,6 +140,16 @@ def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
     assert evaluate_ner(ex, gold)["precision"] == 50.0
     assert evaluate_ner(ex, gold, one_type_per_span=True)["precision"] == 100.0
 
+    ex.config.one_type_per_span = True  # the model's default now; a call's False still keeps every type
+    assert ex.info()["one_type_per_span"] is True
+    assert {t: [s.text for s in v] for t, v in ex.extract_entities(text, ["人名", "地名"]).items()} == \
+        {"人名": ["张三"], "地名": ["北京"]}
+    assert ex.extract_entities(text, ["人名", "地名"], one_type_per_span=False) == both
+    assert ex.extract_schema(text, schema) == strict
+    assert ex.extract_schema(text, {**schema, "one_type_per_span": False}) == loose
+    assert evaluate_ner(ex, gold)["precision"] == 100.0 and evaluate_ner(ex, gold)["one_type_per_span"] is True
+    assert evaluate_ner(ex, gold, one_type_per_span=False)["precision"] == 50.0
+
 
 def test_relation_objects_use_the_relation_threshold(tiny_tokenizer):
     from hugie.data import EntitySpan, Record, RelationTriple

@@ -56,6 +56,7 @@ class TrainConfig:
     head_size: int = 64
     threshold: float = 0.5
     relation_threshold: float | None = None  # relation-object passes (chosen on dev; decoding only)
+    one_type_per_span: bool = False  # entity passes: one type per span (chosen on dev; decoding only)
     lr: float = 5e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.01
@@ -98,10 +99,11 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """What a checkpoint must agree on to resume: the recipe, not where the config file sits
-        (``root``), how long and how visibly it runs, or the relation threshold it ships with."""
+        (``root``), how long and how visibly it runs, or the decoding defaults it ships with."""
         keep = {k: v for k, v in self.to_dict().items()
                 if k not in ("eval_every", "eval_limit", "save_every", "time_limit_minutes", "threads",
-                             "eval", "output_dir", "max_steps", "epochs", "root", "relation_threshold")}
+                             "eval", "output_dir", "max_steps", "epochs", "root", "relation_threshold",
+                             "one_type_per_span")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -256,6 +258,7 @@ class Trainer:
                 encoder, head_size=cfg.head_size, max_span_width=cfg.max_span_width, threshold=cfg.threshold,
                 max_seq_length=512)
         self.model.config.relation_threshold = cfg.relation_threshold
+        self.model.config.one_type_per_span = cfg.one_type_per_span
         if cfg.freeze_embeddings:
             self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         self.device = torch.device(self.dist.device)
