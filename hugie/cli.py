@@ -65,6 +65,8 @@ def extract(
             raise typer.BadParameter("give exactly one of --instruction, --entities, --schema")
         if relation_threshold is not None and schema is None:
             raise typer.BadParameter("--relation-threshold applies to --schema")
+        if one_type_per_span is not None and instruction is not None:
+            raise typer.BadParameter("--one-type-per-span applies to --entities and --schema")
         spec = load_schema(schema, one_type_per_span=one_type_per_span,
                            relation_threshold=relation_threshold) if schema is not None else None  # before the model
         ex = Extractor.load(model, backend=backend, device=device)

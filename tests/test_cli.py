@@ -87,6 +87,8 @@ def test_one_type_per_span_follows_the_model_unless_asked(untrained_model_dir, t
 
     assert not overlap(), "the model's default: one type per span"
     assert overlap("--all-types"), "an untrained model at a tiny threshold answers both types"
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-i", "找人名", "--all-types", *m])
+    assert res.exit_code != 0 and "--one-type-per-span applies to --entities and --schema" in res.output
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({"entities": ["人名", "地名"], "one_type_per_span": False}))
     res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), *m])
