@@ -97,13 +97,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    #: Decoding defaults chosen on dev: copied into the model config, left out of the fingerprint.
+    DECODING_DEFAULTS = ("relation_threshold", "one_type_per_span")
+
     def fingerprint(self) -> str:
         """What a checkpoint must agree on to resume: the recipe, not where the config file sits
         (``root``), how long and how visibly it runs, or the decoding defaults it ships with."""
         keep = {k: v for k, v in self.to_dict().items()
                 if k not in ("eval_every", "eval_limit", "save_every", "time_limit_minutes", "threads",
-                             "eval", "output_dir", "max_steps", "epochs", "root", "relation_threshold",
-                             "one_type_per_span")}
+                             "eval", "output_dir", "max_steps", "epochs", "root", *self.DECODING_DEFAULTS)}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -257,8 +259,8 @@ class Trainer:
             self.model = GlobalPointerModel.from_encoder(
                 encoder, head_size=cfg.head_size, max_span_width=cfg.max_span_width, threshold=cfg.threshold,
                 max_seq_length=512)
-        self.model.config.relation_threshold = cfg.relation_threshold
-        self.model.config.one_type_per_span = cfg.one_type_per_span
+        for key in cfg.DECODING_DEFAULTS:
+            setattr(self.model.config, key, getattr(cfg, key))
         if cfg.freeze_embeddings:
             self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         self.device = torch.device(self.dist.device)
