@@ -50,6 +50,10 @@ def extract(
         None, "--one-type-per-span/--all-types",
         help="With --entities or --schema: a span keeps only its best-scoring type, or stays under every type "
              "that finds it (default: the schema file's key, else the model's)."),
+    flat_ner: Optional[bool] = typer.Option(
+        None, "--flat-ner/--no-flat-ner",
+        help="With --entities or --schema: no two entities overlap (the best-scoring span wins), or overlaps "
+             "are kept (default: the schema file's key, else the model's unless --all-types)."),
     relation_threshold: Optional[float] = typer.Option(
         None, help="With --schema: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
@@ -65,9 +69,10 @@ def extract(
             raise typer.BadParameter("give exactly one of --instruction, --entities, --schema")
         if relation_threshold is not None and schema is None:
             raise typer.BadParameter("--relation-threshold applies to --schema")
-        if one_type_per_span is not None and instruction is not None:
-            raise typer.BadParameter("--one-type-per-span applies to --entities and --schema")
-        spec = load_schema(schema, one_type_per_span=one_type_per_span,
+        for flag, value in (("--one-type-per-span", one_type_per_span), ("--flat-ner", flat_ner)):
+            if value is not None and instruction is not None:
+                raise typer.BadParameter(f"{flag} applies to --entities and --schema")
+        spec = load_schema(schema, one_type_per_span=one_type_per_span, flat_ner=flat_ner,
                            relation_threshold=relation_threshold) if schema is not None else None  # before the model
         ex = Extractor.load(model, backend=backend, device=device)
         if instruction is not None:
@@ -76,7 +81,7 @@ def extract(
         elif entities is not None:
             types = [t.strip() for t in entities.split(",") if t.strip()]
             result = ex.extract_entities(text, types, threshold=threshold, top_k=top_k,
-                                         one_type_per_span=one_type_per_span)
+                                         one_type_per_span=one_type_per_span, flat_ner=flat_ner)
             _out({t: [s.model_dump() for s in spans] for t, spans in result.items()})
         else:
             _out(ex.extract_schema(text, spec, threshold=threshold, top_k=top_k))
@@ -141,6 +146,10 @@ def evaluate_cmd(
     one_type_per_span: Optional[bool] = typer.Option(
         None, "--one-type-per-span/--all-types",
         help="NER: a span keeps only its best-scoring type, or counts under every type (default: the model's)."),
+    flat_ner: Optional[bool] = typer.Option(
+        None, "--flat-ner/--no-flat-ner",
+        help="NER: no two predicted entities overlap (the best-scoring span wins), or overlaps are kept "
+             "(default: the model's unless --all-types)."),
     relation_threshold: Optional[float] = typer.Option(
         None, help="RE: threshold for relation objects (default: --threshold, else the model's)."),
 ) -> None:
@@ -157,7 +166,7 @@ def evaluate_cmd(
         ex = Extractor.load(model, backend=backend, device=device)
         schema_obj = json.loads(schema.read_text(encoding="utf-8")) if schema else None
         result = evaluate(ex, records, schema=schema_obj, threshold=threshold, one_type_per_span=one_type_per_span,
-                          relation_threshold=relation_threshold)
+                          flat_ner=flat_ner, relation_threshold=relation_threshold)
         result.update({"data": str(data), "model": ex.model_path, "backend": ex.backend.name})
         if not as_json:
             for task in ("ner", "re"):
@@ -282,6 +291,10 @@ def batch(
         None, "--one-type-per-span/--all-types",
         help="With --schema: a span keeps only its best-scoring entity type, or stays under every type that "
              "finds it (default: the schema file's key, else the model's)."),
+    flat_ner: Optional[bool] = typer.Option(
+        None, "--flat-ner/--no-flat-ner",
+        help="With --schema: no two entities overlap (the best-scoring span wins), or overlaps are kept "
+             "(default: the schema file's key, else the model's unless --all-types)."),
     top_k: Optional[int] = typer.Option(None, help="Keep at most this many spans per instruction."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     engine: str = typer.Option("local", help="local (this process) or ray (Ray Data actor pool: --workers "
@@ -301,11 +314,12 @@ def batch(
             raise typer.BadParameter("--address needs --engine ray")
         if engine == "ray" and url:
             raise typer.BadParameter("--engine ray loads the model in its workers; it does not take --url")
-        for flag, value in (("--relation-threshold", relation_threshold), ("--one-type-per-span", one_type_per_span)):
+        for flag, value in (("--relation-threshold", relation_threshold), ("--one-type-per-span", one_type_per_span),
+                            ("--flat-ner", flat_ner)):
             if value is not None and schema is None:
                 raise typer.BadParameter(f"{flag} applies to --schema")
-        schema_obj = load_schema(schema, relation_threshold=relation_threshold,
-                                 one_type_per_span=one_type_per_span) if schema is not None else None
+        schema_obj = load_schema(schema, relation_threshold=relation_threshold, one_type_per_span=one_type_per_span,
+                                 flat_ner=flat_ner) if schema is not None else None
         check_output(output, resume, overwrite)  # before loading a model
         if engine == "ray":
             from rich.markup import escape

@@ -17,6 +17,7 @@ MESSAGES: dict[str, str] = {
     "E007": "instruction is {length} tokens; the limit is {limit} (max_length {max_length} leaves room for the text)",
     "E008": "extract() takes (instruction, text) or a list of (instruction, text) pairs",
     "E009": "entity types must be a non-empty list of strings, got {value}",
+    "E027": "flat_ner keeps one type per span; it cannot be combined with one_type_per_span=False",
     # tokenization / model
     "E010": "tokenizer has none of the special tokens {tokens}",
     "E011": "encoded pair is {length} tokens, over max_length {max_length}",

@@ -45,8 +45,9 @@ def _tmpl(extractor, text: str, language: str | None):
 
 def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | None = None,
                  threshold: float | None = None, language: str | None = None,
-                 one_type_per_span: bool | None = None) -> dict:
-    one_type_per_span = extractor.one_type_per_span(one_type_per_span)
+                 one_type_per_span: bool | None = None, flat_ner: bool | None = None) -> dict:
+    flat_ner = extractor.flat_ner(flat_ner, one_type_per_span)
+    one_type_per_span = flat_ner or extractor.one_type_per_span(one_type_per_span)
     types = sorted(types or {e.type for r in records for e in r.entities})
     pairs, keys = [], []
     for idx, rec in enumerate(records):
@@ -60,10 +61,10 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
     by_record: dict[int, dict] = defaultdict(dict)
     for (idx, t), spans in zip(keys, answers):
         by_record[idx][t] = spans
-    if one_type_per_span:  # as Extractor.extract_entities(..., one_type_per_span=True) answers
-        from .extractor import keep_best_type
+    from .extractor import decode_entities  # as Extractor.extract_entities answers
 
-        by_record = {idx: keep_best_type(by_type) for idx, by_type in by_record.items()}
+    by_record = {idx: decode_entities(by_type, flat=flat_ner, one_type=one_type_per_span)
+                 for idx, by_type in by_record.items()}
     pred = {(idx, s.start, s.end, t) for idx, by_type in by_record.items() for t, spans in by_type.items()
             for s in spans}
     gold = {(idx, e.start, e.end, e.type) for idx, r in enumerate(records) for e in r.entities if e.type in types}
@@ -75,6 +76,7 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
                           sum(1 for x in gold if x[3] == t))
     out["per_type"] = per_type
     out["one_type_per_span"] = one_type_per_span
+    out["flat_ner"] = flat_ner
     out["passes"] = len(pairs)
     out["passes_per_second"] = round(len(pairs) / elapsed, 2) if elapsed > 0 else None
     return out
@@ -146,12 +148,13 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
 
 
 def evaluate(extractor, records: Sequence[Record], *, schema=None, threshold=None, language=None,
-             types=None, one_type_per_span: bool | None = None, relation_threshold: float | None = None) -> dict:
+             types=None, one_type_per_span: bool | None = None, flat_ner: bool | None = None,
+             relation_threshold: float | None = None) -> dict:
     """``{"ner": {...}, "re": {...}, "reachable": pct, "records": n}`` (a task without gold is omitted)."""
     out: dict = {"records": len(records)}
     if any(r.entities for r in records):
         out["ner"] = evaluate_ner(extractor, records, types=types, threshold=threshold, language=language,
-                                  one_type_per_span=one_type_per_span)
+                                  one_type_per_span=one_type_per_span, flat_ner=flat_ner)
     if any(r.relations for r in records):
         out["re"] = evaluate_re(extractor, records, schema=schema, threshold=threshold, language=language,
                                 relation_threshold=relation_threshold)

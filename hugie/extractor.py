@@ -63,6 +63,28 @@ def keep_best_type(by_type: dict[str, list[Span]]) -> dict[str, list[Span]]:
     return {t: [s for s in spans if best[(s.start, s.end)][1] == t] for t, spans in by_type.items()}
 
 
+def decode_entities(by_type: dict[str, list[Span]], *, flat: bool, one_type: bool) -> dict[str, list[Span]]:
+    """Entity passes' spans per type: every span (overlaps and several types allowed), one type per
+    span, or flat (no overlaps)."""
+    if flat:
+        return keep_flat(by_type)
+    return keep_best_type(by_type) if one_type else by_type
+
+
+def keep_flat(by_type: dict[str, list[Span]]) -> dict[str, list[Span]]:
+    """No two spans overlap, across types: highest score first, each span kept unless it overlaps one
+    already kept (ties: the earlier span, then the first type). Implies one type per span."""
+    order = sorted(((s.score, i, t, s) for i, (t, spans) in enumerate(by_type.items()) for s in spans),
+                   key=lambda x: (-x[0], x[3].start, x[3].end, x[1]))
+    taken: list[tuple[int, int]] = []
+    kept: set[tuple[str, int, int]] = set()
+    for _, _, t, s in order:
+        if all(s.end <= a or s.start >= b for a, b in taken):
+            taken.append((s.start, s.end))
+            kept.add((t, s.start, s.end))
+    return {t: [s for s in spans if (t, s.start, s.end) in kept] for t, spans in by_type.items()}
+
+
 @dataclass
 class _Unit:
     """One encoder row: a pass (instruction, text) restricted to one window of the text."""
@@ -150,6 +172,15 @@ class Extractor:
         """Whether entity passes keep a span only under its best-scoring type: ``value`` if given,
         else the model's default."""
         return bool(self.config.one_type_per_span) if value is None else bool(value)
+
+    def flat_ner(self, value: bool | None = None, one_type_per_span: bool | None = None) -> bool:
+        """Whether entity passes keep no two overlapping spans (GLiNER's ``flat_ner``): ``value`` if
+        given, else the model's default — which an explicit ``one_type_per_span=False`` turns off."""
+        if value and one_type_per_span is False:
+            raise HugieError("E027")
+        if value is not None:
+            return bool(value)
+        return bool(self.config.flat_ner) and one_type_per_span is not False
 
     @staticmethod
     def _check_top_k(top_k: int | None) -> int | None:
@@ -241,16 +272,17 @@ class Extractor:
 
     def extract_entities(self, text: str, types: Sequence[str], *, threshold: float | None = None,
                          top_k: int | None = None, language: str | None = None,
-                         one_type_per_span: bool | None = None) -> dict[str, list[Span]]:
+                         one_type_per_span: bool | None = None,
+                         flat_ner: bool | None = None) -> dict[str, list[Span]]:
         """``{type: spans}`` for each entity type, one batched call; with ``one_type_per_span`` (default:
         the model's, see :meth:`one_type_per_span`) a span found for several types stays only under its
-        best-scoring one."""
+        best-scoring one; with ``flat_ner`` (see :meth:`flat_ner`) no two spans overlap at all."""
         if isinstance(types, str) or not types or not all(isinstance(t, str) and t for t in types):
             raise HugieError("E009", value=types)
         tmpl = self._templates(text, language)
         spans = self.extract([(tmpl.for_entity(t), text) for t in types], threshold=threshold, top_k=top_k)
-        by_type = dict(zip(types, spans))
-        return keep_best_type(by_type) if self.one_type_per_span(one_type_per_span) else by_type
+        return decode_entities(dict(zip(types, spans)), flat=self.flat_ner(flat_ner, one_type_per_span),
+                               one_type=self.one_type_per_span(one_type_per_span))
 
     def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
                        top_k: int | None = None, language: str | None = None) -> dict:
@@ -272,7 +304,8 @@ class Extractor:
         entity_types = list(dict.fromkeys(schema.entities + [r.subject for r in schema.relations]))
         by_type = self.extract_entities(text, entity_types, threshold=threshold, top_k=top_k,
                                         language=tmpl.language,
-                                        one_type_per_span=schema.one_type_per_span) if entity_types else {}
+                                        one_type_per_span=schema.one_type_per_span,
+                                        flat_ner=schema.flat_ner) if entity_types else {}
         entities = [Entity(type=t, **s.model_dump()) for t in entity_types for s in by_type.get(t, [])]
         asks = []
         for rel in schema.relations:
@@ -307,6 +340,6 @@ class Extractor:
 
         return {"hugie": __version__, "model": self.model_path, "max_span_width": self.config.max_span_width,
                 "threshold": self.config.threshold, "relation_threshold": self.relation_threshold(),
-                "one_type_per_span": self.one_type_per_span(),
+                "one_type_per_span": self.one_type_per_span(), "flat_ner": self.flat_ner(),
                 "max_length": self.config.max_seq_length,
                 "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}

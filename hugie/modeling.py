@@ -35,6 +35,7 @@ class HugieConfig(PretrainedConfig):
         max_seq_length: int = 512,
         relation_threshold: float | None = None,
         one_type_per_span: bool = False,
+        flat_ner: bool = False,
         instructions: dict | None = None,
         **kwargs,
     ):
@@ -45,6 +46,7 @@ class HugieConfig(PretrainedConfig):
         self.threshold = threshold
         self.relation_threshold = relation_threshold  # relation-object passes of a schema; None: threshold
         self.one_type_per_span = one_type_per_span  # entity passes: a span keeps only its best type
+        self.flat_ner = flat_ner  # entity passes: no two spans overlap (across types, best score first)
         self.max_seq_length = max_seq_length
         self.instructions = instructions or default_templates_dict()
 

@@ -51,6 +51,9 @@ class Schema(BaseModel):
     one_type_per_span: bool | None = Field(None, description=(
         "A span found for several entity types keeps only its best-scoring type (for flat, exclusive "
         "type sets); false keeps it under every type. Default: the model's."))
+    flat_ner: bool | None = Field(None, description=(
+        "No two entities overlap, across types: the best-scoring span wins (GLiNER's flat_ner; implies "
+        "one type per span). Default: the model's, unless one_type_per_span is false."))
     relation_threshold: float | None = Field(None, ge=0.0, le=1.0, description=(
         "Score threshold for relation objects. Default: the request's threshold if given, else the "
         "model's relation threshold."))
@@ -59,10 +62,13 @@ class Schema(BaseModel):
 def validate_schema(data: dict) -> Schema:
     """A :class:`Schema` from a plain dict; a bad field value raises E026 naming the field."""
     try:
-        return Schema.model_validate(data)
+        schema = Schema.model_validate(data)
     except ValidationError as exc:
         details = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise HugieError("E026", details=details) from None
+    if schema.flat_ner and schema.one_type_per_span is False:
+        raise HugieError("E027")
+    return schema
 
 
 class SchemaResult(BaseModel):

@@ -142,6 +142,23 @@ def test_schema_one_type_per_span_reaches_the_extractor(tiny_tokenizer):
     run(go())
 
 
+def test_schema_flat_ner_reaches_the_extractor(tiny_tokenizer):
+    ex, _ = make_extractor(tiny_tokenizer, {PER: [("李四", 0.9), ("四在", 0.7)], LOC: [("上海", 0.8)]})
+
+    async def go():
+        async with serving(create_app(make_settings(), extractor=ex)) as c:
+            body = {"text": "李四在上海", "schema": {"entities": ["人名", "地名"]}}
+            loose = (await c.post("/extract", json=body)).json()
+            assert sorted(e["text"] for e in loose["entities"]) == ["上海", "四在", "李四"]
+            body["schema"]["flat_ner"] = True
+            flat = (await c.post("/extract", json=body)).json()
+            assert sorted(e["text"] for e in flat["entities"]) == ["上海", "李四"]
+            body["schema"]["one_type_per_span"] = False
+            r = await c.post("/extract", json=body)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "E027"
+    run(go())
+
+
 def test_schema_relations_use_the_models_relation_threshold_unless_asked(tiny_tokenizer):
     ex, _ = make_extractor(tiny_tokenizer, {PER: [("张三", 0.9)], "找到文章中【张三】的【出生地】？": [("北京", 0.7)]})
     ex.config.relation_threshold = 0.8

@@ -107,6 +107,55 @@ def test_one_type_per_span_follows_the_model_unless_asked(untrained_model_dir, t
     assert spans and len(spans) == len(set(spans)), "the flag beats the schema file's key"
 
 
+def test_flat_ner_option(untrained_model_dir, tmp_path):
+    m = ["--model", str(untrained_model_dir), "--backend", "torch", "--threshold", "0.001"]
+
+    def spans(*args):
+        res = runner.invoke(app, ["extract", "李四出生于上海", *args, *m])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        found = out["entities"] if "entities" in out else [{"type": t, **s} for t, v in out.items() for s in v]
+        return sorted((s["start"], s["end"]) for s in found)
+
+    def overlapping(found):
+        return any(a[1] > b[0] for a, b in zip(found, found[1:]))
+
+    loose, flat = spans("-e", "人名,地名"), spans("-e", "人名,地名", "--flat-ner")
+    assert overlapping(loose), "an untrained model at a tiny threshold answers overlapping spans"
+    assert flat and not overlapping(flat) and set(flat) <= set(loose)
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"entities": ["人名", "地名"], "flat_ner": True}))
+    assert spans("-s", str(schema)) == flat, "the schema file's key"
+    assert spans("-s", str(schema), "--no-flat-ner") == loose, "the flag beats the file"
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), "--all-types", *m])
+    assert res.exit_code != 0 and "E027" in res.output, "a flat schema cannot also keep every type"
+    res = runner.invoke(app, ["extract", "李四出生于上海", "-i", "找人名", "--flat-ner", *m])
+    assert res.exit_code != 0 and "--flat-ner applies to --entities and --schema" in res.output
+
+    (tmp_path / "in.txt").write_text("李四出生于上海\n", encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(out), "-i", "找人名", "--flat-ner", *m])
+    assert res.exit_code != 0 and "--flat-ner applies to --schema" in res.output
+    schema.write_text(json.dumps({"entities": ["人名", "地名"]}))
+    res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(out), "-s", str(schema), "--flat-ner",
+                              "--no-progress", *m])
+    assert res.exit_code == 0, res.output
+    [rec] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted((e["start"], e["end"]) for e in rec["entities"]) == flat
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"id": "1", "text": "李四出生于上海", "entities": [
+        {"type": "人名", "start": 0, "end": 2, "text": "李四"}, {"type": "地名", "start": 5, "end": 7, "text": "上海"}]},
+        ensure_ascii=False) + "\n", encoding="utf-8")
+    reports = {}
+    for flag in ("--flat-ner", "--no-flat-ner"):
+        res = runner.invoke(app, ["eval", str(gold), "--json", flag, *m])
+        assert res.exit_code == 0, res.output
+        reports[flag] = json.loads(res.stdout)["ner"]
+    assert reports["--flat-ner"]["flat_ner"] is True and reports["--no-flat-ner"]["flat_ner"] is False
+    assert reports["--flat-ner"]["predicted"] < reports["--no-flat-ner"]["predicted"]
+
+
 def test_relation_threshold_option(untrained_model_dir, tmp_path):
     m = ["--model", str(untrained_model_dir), "--backend", "torch"]
     res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名", "--relation-threshold", "0.5", *m])

@@ -126,8 +126,8 @@ def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
     text = "张三出生于北京"
     both = ex.extract_entities(text, ["人名", "地名"])
     assert {t: [s.text for s in v] for t, v in both.items()} == {"人名": ["张三", "北京"], "地名": ["北京", "张三"]}
-    flat = ex.extract_entities(text, ["人名", "地名"], one_type_per_span=True)
-    assert {t: [s.text for s in v] for t, v in flat.items()} == {"人名": ["张三"], "地名": ["北京"]}
+    one = ex.extract_entities(text, ["人名", "地名"], one_type_per_span=True)
+    assert {t: [s.text for s in v] for t, v in one.items()} == {"人名": ["张三"], "地名": ["北京"]}
 
     schema = {"entities": ["地名"], "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}
     loose = ex.extract_schema(text, schema)
@@ -149,6 +149,64 @@ def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
     assert ex.extract_schema(text, {**schema, "one_type_per_span": False}) == loose
     assert evaluate_ner(ex, gold)["precision"] == 100.0 and evaluate_ner(ex, gold)["one_type_per_span"] is True
     assert evaluate_ner(ex, gold, one_type_per_span=False)["precision"] == 50.0
+
+
+def test_keep_flat_keeps_no_overlaps_best_score_first():
+    from hugie.extractor import keep_flat
+    from hugie.types import Span
+
+    def span(start, end, score):
+        return Span(text="x" * (end - start), start=start, end=end, score=score)
+
+    by_type = {"org": [span(0, 6, 0.7), span(8, 10, 0.6)],
+               "loc": [span(0, 2, 0.9), span(0, 6, 0.7), span(5, 9, 0.65)],
+               "per": [span(2, 4, 0.5), span(10, 12, 0.6)]}
+    kept = {t: [(s.start, s.end) for s in v] for t, v in keep_flat(by_type).items()}
+    # loc 0-2 (0.9) blocks both 0-6 (0.7: a tie, the first type would win) and then
+    # loc 5-9 (0.65) blocks org 8-10 (0.6); per 2-4 and 10-12 touch but do not overlap what is kept
+    assert kept == {"org": [], "loc": [(0, 2), (5, 9)], "per": [(2, 4), (10, 12)]}
+    kept = {t: [(s.start, s.end) for s in v] for t, v in keep_flat({"org": [span(0, 6, 0.7)],
+                                                                     "loc": [span(0, 6, 0.7)]}).items()}
+    assert kept == {"org": [(0, 6)], "loc": []}, "a tie goes to the first type"
+    assert keep_flat({"org": [], "loc": []}) == {"org": [], "loc": []}
+
+
+def test_flat_ner_is_the_models_default_unless_a_call_or_schema_says_otherwise(tiny_tokenizer):
+    from hugie.data import EntitySpan, Record
+    from hugie.evaluation import evaluate_ner
+
+    answers = {PER: [("李四", 0.9), ("四在", 0.7)], LOC: [("上海", 0.8), ("上海市", 0.85)]}
+    ex, _ = make(tiny_tokenizer, answers)
+    text = "李四在上海市"
+
+    def found(**kw):
+        return {t: sorted(s.text for s in v) for t, v in ex.extract_entities(text, ["人名", "地名"], **kw).items()}
+
+    every = {"人名": ["四在", "李四"], "地名": ["上海", "上海市"]}
+    flat = {"人名": ["李四"], "地名": ["上海市"]}
+    assert found() == every and found(one_type_per_span=True) == every, "no span under two types here"
+    assert found(flat_ner=True) == flat
+    with pytest.raises(HugieError, match=r"E027\] flat_ner keeps one type per span"):
+        found(flat_ner=True, one_type_per_span=False)
+
+    ex.config.flat_ner = True  # the model's default now
+    assert ex.info()["flat_ner"] is True
+    assert found() == flat and found(one_type_per_span=True) == flat
+    assert found(flat_ner=False) == every
+    assert found(one_type_per_span=False) == every, "asking for every type turns the default flat off"
+
+    schema = {"entities": ["人名", "地名"]}
+    assert sorted(e["text"] for e in ex.extract_schema(text, schema)["entities"]) == ["上海市", "李四"]
+    assert sorted(e["text"] for e in ex.extract_schema(text, {**schema, "flat_ner": False})["entities"]) == \
+        ["上海", "上海市", "四在", "李四"]
+    with pytest.raises(HugieError, match="E027"):
+        ex.extract_schema(text, {**schema, "flat_ner": True, "one_type_per_span": False})
+
+    gold = [Record("r", text, [EntitySpan("人名", 0, 2, "李四"), EntitySpan("地名", 3, 6, "上海市")])]
+    report = evaluate_ner(ex, gold)
+    assert report["precision"] == 100.0 and report["flat_ner"] is True and report["one_type_per_span"] is True
+    report = evaluate_ner(ex, gold, flat_ner=False)
+    assert report["precision"] == 50.0 and report["flat_ner"] is False
 
 
 def test_relation_objects_use_the_relation_threshold(tiny_tokenizer):

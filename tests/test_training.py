@@ -142,12 +142,13 @@ def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_di
     assert TrainConfig.from_file(path).fingerprint() != TrainConfig.from_file(
         path, init_from=str(tmp_path)).fingerprint()
 
-    assert trainer.model.config.one_type_per_span is False
-    path.write_text(json.dumps({**cfg, "relation_threshold": 0.7, "one_type_per_span": True}), encoding="utf-8")
+    assert trainer.model.config.one_type_per_span is False and trainer.model.config.flat_ner is False
+    path.write_text(json.dumps({**cfg, "relation_threshold": 0.7, "one_type_per_span": True, "flat_ner": True}),
+                    encoding="utf-8")
     decoding = Trainer(TrainConfig.from_file(path)).model.config
-    assert decoding.relation_threshold == 0.7 and decoding.one_type_per_span is True
+    assert decoding.relation_threshold == 0.7 and decoding.one_type_per_span is True and decoding.flat_ner is True
     assert TrainConfig.from_file(path).fingerprint() == TrainConfig.from_file(
-        path, relation_threshold=None, one_type_per_span=False).fingerprint(), \
+        path, relation_threshold=None, one_type_per_span=False, flat_ner=False).fingerprint(), \
         "decoding settings: a checkpoint still resumes"
 
     path.write_text(json.dumps({**cfg, "head_size": 32}), encoding="utf-8")

@@ -57,6 +57,7 @@ class TrainConfig:
     threshold: float = 0.5
     relation_threshold: float | None = None  # relation-object passes (chosen on dev; decoding only)
     one_type_per_span: bool = False  # entity passes: one type per span (chosen on dev; decoding only)
+    flat_ner: bool = False  # entity passes: no overlapping spans (chosen on dev; decoding only)
     lr: float = 5e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.01
@@ -98,7 +99,7 @@ class TrainConfig:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     #: Decoding defaults chosen on dev: copied into the model config, left out of the fingerprint.
-    DECODING_DEFAULTS = ("relation_threshold", "one_type_per_span")
+    DECODING_DEFAULTS = ("relation_threshold", "one_type_per_span", "flat_ner")
 
     def fingerprint(self) -> str:
         """What a checkpoint must agree on to resume: the recipe, not where the config file sits
