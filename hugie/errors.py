@@ -17,7 +17,6 @@ MESSAGES: dict[str, str] = {
     "E007": "instruction is {length} tokens; the limit is {limit} (max_length {max_length} leaves room for the text)",
     "E008": "extract() takes (instruction, text) or a list of (instruction, text) pairs",
     "E009": "entity types must be a non-empty list of strings, got {value}",
-    "E027": "flat_ner keeps one type per span; it cannot be combined with one_type_per_span=False",
     # tokenization / model
     "E010": "tokenizer has none of the special tokens {tokens}",
     "E011": "encoded pair is {length} tokens, over max_length {max_length}",
@@ -37,6 +36,7 @@ MESSAGES: dict[str, str] = {
     "E024": "file not found: {file}",
     "E025": "label map {file} must be a JSON object of source label -> type name (or a list of type names)",
     "E026": "invalid schema: {details}",
+    "E027": "flat_ner keeps one type per span; it cannot be combined with one_type_per_span=False",
     # training
     "E030": "training config {file}: {reason}",
     "E031": "no training examples were built from {datasets}",
