@@ -52,8 +52,9 @@ class Schema(BaseModel):
         "A span found for several entity types keeps only its best-scoring type (for flat, exclusive "
         "type sets); false keeps it under every type. Default: the model's."))
     flat_ner: bool | None = Field(None, description=(
-        "No two entities overlap, across types: the best-scoring span wins (GLiNER's flat_ner; implies "
-        "one type per span). Default: the model's, unless one_type_per_span is false."))
+        "No two entities overlap, across types or nested within one: the best-scoring span wins "
+        "(GLiNER's flat_ner; implies one type per span). Default: the model's, unless one_type_per_span "
+        "is false."))
     relation_threshold: float | None = Field(None, ge=0.0, le=1.0, description=(
         "Score threshold for relation objects. Default: the request's threshold if given, else the "
         "model's relation threshold."))
