@@ -289,7 +289,9 @@ class Extractor:
         """Entities and relation triples for a schema, as plain dicts (see :class:`SchemaResult`).
 
         Entity types (including relation subject types) run as one batched pass; then one batched
-        pass asks each relation of each found subject, at :meth:`relation_threshold`.
+        pass asks each relation of each found subject, at :meth:`relation_threshold`. ``flat_ner`` and
+        one type per span shape the entity list only: relation subjects are every span of their type's
+        own pass (taking them after that decoding cost DuIE 1 dev 11 points of recall, F1 64.0 → 61.5).
         """
         return self.extract_schema_typed(text, schema, threshold=threshold, top_k=top_k,
                                          language=language).model_dump()
@@ -302,14 +304,18 @@ class Extractor:
         object_threshold = self.relation_threshold(threshold, schema.relation_threshold)
         tmpl = self._templates(text, language)
         entity_types = list(dict.fromkeys(schema.entities + [r.subject for r in schema.relations]))
-        by_type = self.extract_entities(text, entity_types, threshold=threshold, top_k=top_k,
-                                        language=tmpl.language,
-                                        one_type_per_span=schema.one_type_per_span,
-                                        flat_ner=schema.flat_ner) if entity_types else {}
+        if not all(entity_types):
+            raise HugieError("E009", value=entity_types)
+        flat = self.flat_ner(schema.flat_ner, schema.one_type_per_span)
+        one_type = self.one_type_per_span(schema.one_type_per_span)
+        found = self.extract([(tmpl.for_entity(t), text) for t in entity_types], threshold=threshold,
+                             top_k=top_k) if entity_types else []
+        subjects = dict(zip(entity_types, found))
+        by_type = decode_entities(subjects, flat=flat, one_type=one_type)
         entities = [Entity(type=t, **s.model_dump()) for t in entity_types for s in by_type.get(t, [])]
         asks = []
         for rel in schema.relations:
-            for subj in by_type.get(rel.subject, []):
+            for subj in subjects.get(rel.subject, []):
                 asks.append((rel, Entity(type=rel.subject, **subj.model_dump())))
         answers = self.extract([(tmpl.for_relation(s.text, r.predicate), text) for r, s in asks],
                                threshold=object_threshold, top_k=top_k) if asks else []

@@ -73,6 +73,8 @@ def test_bad_inputs_raise_catalogued_errors(tiny_tokenizer):
         ex.extract_schema("张三", {"types": []})
     with pytest.raises(HugieError, match="E006"):
         ex.extract_schema("张三", {"relations": [{"subject": "人名"}]})
+    with pytest.raises(HugieError, match="E009"):
+        ex.extract_schema("张三", {"relations": [{"subject": "", "predicate": "出生地"}]})
     with pytest.raises(HugieError, match=r"E026\] invalid schema: one_type_per_span: Input should be a valid boolean"):
         ex.extract_schema("张三", {"entities": ["人名"], "one_type_per_span": "sometimes"})
     assert ex.extract(PER, "") == []
@@ -134,7 +136,9 @@ def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
     assert {(r["subject"]["text"], r["object"]["text"]) for r in loose["relations"]} == {("张三", "北京"), ("北京", "张三")}
     strict = ex.extract_schema(text, {**schema, "one_type_per_span": True})
     assert {(e["type"], e["text"]) for e in strict["entities"]} == {("人名", "张三"), ("地名", "北京")}
-    assert [(r["subject"]["text"], r["object"]["text"]) for r in strict["relations"]] == [("张三", "北京")]
+    assert strict["relations"] == loose["relations"], "relation subjects come from each type's own pass"
+    flat = ex.extract_schema(text, {**schema, "flat_ner": True})
+    assert flat["entities"] == strict["entities"] and flat["relations"] == loose["relations"]
 
     gold = [Record("r", text, [EntitySpan("人名", 0, 2, "张三"), EntitySpan("地名", 5, 7, "北京")])]
     assert evaluate_ner(ex, gold)["precision"] == 50.0
