@@ -72,7 +72,7 @@ def decode_entities(by_type: dict[str, list[Span]], *, flat: bool, one_type: boo
 
 
 def keep_flat(by_type: dict[str, list[Span]]) -> dict[str, list[Span]]:
-    """No two spans overlap, across types: highest score first, each span kept unless it overlaps one
+    """No two spans overlap, across types or within one: highest score first, each span kept unless it overlaps one
     already kept (ties: the earlier span, then the first type). Implies one type per span."""
     order = sorted(((s.score, i, t, s) for i, (t, spans) in enumerate(by_type.items()) for s in spans),
                    key=lambda x: (-x[0], x[3].start, x[3].end, x[1]))
