@@ -46,8 +46,7 @@ def _tmpl(extractor, text: str, language: str | None):
 def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | None = None,
                  threshold: float | None = None, language: str | None = None,
                  one_type_per_span: bool | None = None, flat_ner: bool | None = None) -> dict:
-    flat_ner = extractor.flat_ner(flat_ner, one_type_per_span)
-    one_type_per_span = flat_ner or extractor.one_type_per_span(one_type_per_span)
+    flat_ner, one_type_per_span = extractor.entity_decoding(one_type_per_span, flat_ner)
     types = sorted(types or {e.type for r in records for e in r.entities})
     pairs, keys = [], []
     for idx, rec in enumerate(records):

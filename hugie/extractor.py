@@ -182,6 +182,13 @@ class Extractor:
             return bool(value)
         return bool(self.config.flat_ner) and one_type_per_span is not False
 
+    def entity_decoding(self, one_type_per_span: bool | None = None,
+                        flat_ner: bool | None = None) -> tuple[bool, bool]:
+        """``(flat, one_type)`` for entity passes, resolved by :meth:`flat_ner` and
+        :meth:`one_type_per_span` (flat implies one type per span)."""
+        flat = self.flat_ner(flat_ner, one_type_per_span)
+        return flat, flat or self.one_type_per_span(one_type_per_span)
+
     @staticmethod
     def _check_top_k(top_k: int | None) -> int | None:
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -277,12 +284,16 @@ class Extractor:
         """``{type: spans}`` for each entity type, one batched call; with ``one_type_per_span`` (default:
         the model's, see :meth:`one_type_per_span`) a span found for several types stays only under its
         best-scoring one; with ``flat_ner`` (see :meth:`flat_ner`) no two spans overlap at all."""
+        found = self._entity_passes(text, types, self._templates(text, language), threshold, top_k)
+        flat, one_type = self.entity_decoding(one_type_per_span, flat_ner)
+        return decode_entities(found, flat=flat, one_type=one_type)
+
+    def _entity_passes(self, text: str, types: Sequence[str], tmpl, threshold, top_k) -> dict[str, list[Span]]:
+        """``{type: spans}`` from one batched call, every span of each type's own pass (no decoding)."""
         if isinstance(types, str) or not types or not all(isinstance(t, str) and t for t in types):
             raise HugieError("E009", value=types)
-        tmpl = self._templates(text, language)
         spans = self.extract([(tmpl.for_entity(t), text) for t in types], threshold=threshold, top_k=top_k)
-        return decode_entities(dict(zip(types, spans)), flat=self.flat_ner(flat_ner, one_type_per_span),
-                               one_type=self.one_type_per_span(one_type_per_span))
+        return dict(zip(types, spans))
 
     def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
                        top_k: int | None = None, language: str | None = None) -> dict:
@@ -304,13 +315,8 @@ class Extractor:
         object_threshold = self.relation_threshold(threshold, schema.relation_threshold)
         tmpl = self._templates(text, language)
         entity_types = list(dict.fromkeys(schema.entities + [r.subject for r in schema.relations]))
-        if not all(entity_types):
-            raise HugieError("E009", value=entity_types)
-        flat = self.flat_ner(schema.flat_ner, schema.one_type_per_span)
-        one_type = self.one_type_per_span(schema.one_type_per_span)
-        found = self.extract([(tmpl.for_entity(t), text) for t in entity_types], threshold=threshold,
-                             top_k=top_k) if entity_types else []
-        subjects = dict(zip(entity_types, found))
+        subjects = self._entity_passes(text, entity_types, tmpl, threshold, top_k) if entity_types else {}
+        flat, one_type = self.entity_decoding(schema.one_type_per_span, schema.flat_ner)
         by_type = decode_entities(subjects, flat=flat, one_type=one_type)
         entities = [Entity(type=t, **s.model_dump()) for t in entity_types for s in by_type.get(t, [])]
         asks = []
