@@ -1,9 +1,14 @@
 """Benchmark span decoding: fused SpanScore op vs the ONNX fallback vs dense NumPy + host decode.
 
 Dense baseline: RoPE, full [B, L, L] logits (BLAS matmul), then mask / band / threshold / nonzero
-on the host. Fused and fallback run in onnxruntime on CPU and compute only the band j - i < W.
+on the host. Fused and fallback run in onnxruntime and compute only the band j - i < W.
 
     PYTHONPATH=. python benchmarks/bench_span_score.py [--threads 2] [--repeats 20]
+    PYTHONPATH=. python benchmarks/bench_span_score.py --device cuda   # onnxruntime-gpu + torch with CUDA
+
+With ``--device cuda`` inputs and outputs stay on the GPU (IO binding; the clock stops once the
+outputs are ready), and the dense baseline is PyTorch on the GPU: the full [B, L, L] logits, the
+same mask, then ``nonzero`` and a copy of the spans to the host.
 """
 
 from __future__ import annotations
@@ -44,6 +49,43 @@ def dense_numpy(x, threshold, width):
     return np.stack([b, i, j], axis=1).astype(np.int64), logits[b, i, j]
 
 
+def dense_torch_cuda(x, threshold, width):
+    import torch
+
+    from hugie.modeling import rope
+
+    dev = {key: torch.from_numpy(value).cuda() for key, value in x.items()}
+    length, dim = x["q"].shape[1], x["q"].shape[2]
+    offset = torch.arange(length, device="cuda")[None, :] - torch.arange(length, device="cuda")[:, None]
+    band = (offset >= 0) & (offset < width)
+
+    def run():
+        logits = torch.matmul(rope(dev["q"]), rope(dev["k"]).transpose(1, 2)) / dim ** 0.5
+        logits = logits + dev["start_bias"][:, :, None] + dev["end_bias"][:, None, :]
+        valid = dev["span_mask"].bool()
+        keep = band[None] & valid[:, :, None] & valid[:, None, :] & (logits > threshold)
+        spans = keep.nonzero()
+        return spans.cpu().numpy(), logits[keep].cpu().numpy()
+
+    return run
+
+
+def cuda_runner(sess, x):
+    """IO-bound run on the GPU: inputs uploaded once, outputs left on the device until synchronised."""
+    binding = sess.io_binding()
+    for name, value in x.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, "cuda")
+
+    def run():
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return [value.numpy() for value in binding.get_outputs()]
+
+    return run
+
+
 def timed(fn, repeats):
     fn()  # warm-up
     samples = []
@@ -59,7 +101,12 @@ def main():
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    cuda = args.device == "cuda"
+    if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
+        parser.error("--device cuda needs onnxruntime-gpu with the CUDAExecutionProvider")
+    providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
     library = custom_op_library()
     opts = ort.SessionOptions()
@@ -78,23 +125,26 @@ def main():
                 "end_bias": rng.standard_normal((args.batch, length), dtype=np.float32),
                 "span_mask": (rng.random((args.batch, length)) < 0.9).astype(np.int64),
             }
-            dense_ms, (ref_spans, _) = timed(lambda: dense_numpy(x, THRESHOLD, width), args.repeats)
+            dense = dense_torch_cuda(x, THRESHOLD, width) if cuda else (lambda: dense_numpy(x, THRESHOLD, width))
+            dense_ms, (ref_spans, _) = timed(dense, args.repeats)
             sessions = {}
             for fused in ([True] if library else []) + [False]:
                 model = span_scorer_model(DIM, THRESHOLD, width, use_custom_op=fused)
-                sessions[fused] = ort.InferenceSession(model.SerializeToString(), opts,
-                                                       providers=["CPUExecutionProvider"])
+                sessions[fused] = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
             res = {}
             for fused, sess in sessions.items():
-                res[fused], (spans, _) = timed(lambda: sess.run(None, x), args.repeats)
+                run = cuda_runner(sess, x) if cuda else (lambda: sess.run(None, x))
+                res[fused], (spans, _) = timed(run, args.repeats)
                 # float32 dense logits may flip a rare near-threshold entry; anything more is a bug
                 assert abs(len(spans) - len(ref_spans)) <= max(3, 1e-4 * len(ref_spans)), "span counts differ"
             fused_ms = res.get(True, float("nan"))
             rows.append((length, width, len(ref_spans), dense_ms, res[False], fused_ms))
 
-    print(f"B={args.batch}, D={DIM}, threshold={THRESHOLD}, onnxruntime {ort.__version__} CPU, "
-          f"{args.threads} intra-op threads, median of {args.repeats}\n")
-    print("| L | W | spans | dense NumPy + decode (ms) | ONNX fallback (ms) | fused SpanScore (ms) "
+    where = "CUDA (IO binding)" if cuda else f"CPU, {args.threads} intra-op threads"
+    print(f"B={args.batch}, D={DIM}, threshold={THRESHOLD}, onnxruntime {ort.__version__} {where}, "
+          f"median of {args.repeats}\n")
+    dense_name = "dense PyTorch CUDA + nonzero" if cuda else "dense NumPy + decode"
+    print(f"| L | W | spans | {dense_name} (ms) | ONNX fallback (ms) | fused SpanScore (ms) "
           "| dense / fused | fallback / fused |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for length, width, n, dense_ms, fallback_ms, fused_ms in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 import zlib
@@ -13,7 +14,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from hugie.kernels import attach_span_scorer, build, custom_op_library, library_has_cuda, span_scorer_model
+from hugie.kernels import (
+    attach_span_scorer,
+    build,
+    custom_op_library,
+    library_has_cuda,
+    span_scorer_model,
+)
 from hugie.scoring import apply_rope, span_scores_reference
 
 KERNEL_DIR = Path(build.__file__).resolve().parent
@@ -341,6 +348,71 @@ def test_cuda_source_compiles(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "span_score_cuda.o").stat().st_size > 0
+
+
+class CudaWork(ctypes.Structure):
+    """ctypes mirror of HugieSpanScoreCudaWork (span_score_cuda.h)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("scratch", "qr", "kr", "offsets", "start_bias", "end_bias", "mask")] + [
+        ("batch", ctypes.c_int64), ("length", ctypes.c_int64), ("dim", ctypes.c_int64), ("width", ctypes.c_int64),
+        ("threshold", ctypes.c_float), ("total", ctypes.c_longlong)]
+
+
+@pytest.fixture(scope="module")
+def cuda_kernels(tmp_path_factory):
+    """The CUDA kernels alone, built with nvcc into a plain shared library, for a device test without ORT."""
+    torch = pytest.importorskip("torch")
+    nvcc = build._find_nvcc()
+    if nvcc is None or not torch.cuda.is_available():
+        pytest.skip("needs nvcc and a CUDA device")
+    target = tmp_path_factory.mktemp("cuda") / "libspan_score_cuda.so"
+    cmd = [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", *build._cuda_gencode(nvcc),
+           str(KERNEL_DIR / "span_score_cuda.cu"), "-o", str(target)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lib = ctypes.CDLL(str(target))
+    lib.hugie_span_score_cuda_count.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [
+        ctypes.c_float, ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(CudaWork)]
+    lib.hugie_span_score_cuda_fill.argtypes = [ctypes.POINTER(CudaWork), ctypes.c_void_p, ctypes.c_void_p,
+                                               ctypes.c_void_p]
+    lib.hugie_span_score_cuda_release.argtypes = [ctypes.POINTER(CudaWork), ctypes.c_void_p]
+    lib.hugie_span_score_cuda_error_string.restype = ctypes.c_char_p
+    return lib, torch
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_match_reference_on_the_device(cuda_kernels):
+    """count -> allocate N rows -> fill -> release on one stream, every case, against the NumPy reference."""
+    lib, torch = cuda_kernels
+
+    def check(code):
+        assert code == 0, lib.hugie_span_score_cuda_error_string(code).decode()
+
+    stream = torch.cuda.Stream()
+    for name in sorted(CASES):
+        batch, length, dim, width, mode, mask_p = CASES[name]
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        x = make_inputs(rng, batch, length, dim, mask_p)
+        threshold = pick_threshold(x, width, mode, rng)
+        with torch.cuda.stream(stream):
+            dev = {key: torch.from_numpy(value).cuda() for key, value in x.items()}
+            work = CudaWork()
+            check(lib.hugie_span_score_cuda_count(
+                dev["q"].data_ptr(), dev["k"].data_ptr(), dev["start_bias"].data_ptr(), dev["end_bias"].data_ptr(),
+                dev["span_mask"].data_ptr(), batch, length, dim, threshold, width, stream.cuda_stream,
+                ctypes.byref(work)))
+            spans = torch.empty((work.total, 3), dtype=torch.int64, device="cuda")
+            scores = torch.empty((work.total,), dtype=torch.float32, device="cuda")
+            check(lib.hugie_span_score_cuda_fill(ctypes.byref(work), spans.data_ptr(), scores.data_ptr(),
+                                                 stream.cuda_stream))
+            check(lib.hugie_span_score_cuda_release(ctypes.byref(work), stream.cuda_stream))
+        stream.synchronize()
+        ref = span_scores_reference(x["q"], x["k"], x["start_bias"], x["end_bias"], x["span_mask"], threshold, width)
+        try:
+            assert_same((spans.cpu().numpy(), scores.cpu().numpy()), ref)
+        except AssertionError as exc:
+            raise AssertionError(f"case {name}: {exc}") from exc
 
 
 @pytest.mark.gpu
