@@ -113,6 +113,26 @@ def test_auto_backend_prefers_onnx_and_cuda_request_fails_clearly(exported):
             Extractor.load(exported[0], backend="onnx", device="cuda")
 
 
+@pytest.mark.parametrize("quantize, device, first", [
+    ("none", "auto", "CUDAExecutionProvider"),
+    ("fp16", "auto", "CUDAExecutionProvider"),
+    ("int8", "auto", "CPUExecutionProvider"),  # quantized ops have CPU kernels only
+    ("int8", "cuda", "CUDAExecutionProvider"),  # an explicit request is honoured (with a warning)
+    ("int8", "cpu", "CPUExecutionProvider"),
+])
+def test_provider_choice_on_a_cuda_machine(monkeypatch, caplog, quantize, device, first):
+    import onnxruntime
+
+    from hugie.backends.onnx import choose_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with caplog.at_level("INFO", logger="hugie.onnx"):
+        providers = choose_providers(device, quantize)
+    assert providers[0] == first and providers[-1] == "CPUExecutionProvider"
+    assert ("fp16 for CUDA" in caplog.text) == (quantize == "int8" and device != "cpu")
+
+
 @pytest.mark.gpu
 def test_cuda_provider_matches_cpu(exported):
     import onnxruntime

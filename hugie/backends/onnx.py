@@ -1,6 +1,7 @@
 """onnxruntime backend: the exported encoder plus the span scorer in one session.
 
-Providers are chosen automatically (CUDA, then CPU). The scorer is the fused ``SpanScore`` op
+Providers are chosen automatically (CUDA, then CPU; an int8 export stays on the CPU, where its
+dynamic-quantization kernels live). The scorer is the fused ``SpanScore`` op
 when its library builds, else the standard-ONNX fallback graph — same outputs either way.
 Sessions are keyed by the logit threshold (an attribute of the scorer node) and cached; a request
 for a higher threshold reuses a cached lower one and filters its spans, so only thresholds below
@@ -28,16 +29,32 @@ log = logging.getLogger("hugie.onnx")
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 
-def choose_providers(device: str) -> list[str]:
+# int8 exports use onnxruntime's dynamic-quantization ops (DynamicQuantizeMatMul, QAttention), which
+# have CPU kernels only: on the CUDA provider each layer hops between host and device. Measured on
+# an H100 with 16 cores (benchmarks/README.md): the shipped int8 model took 12.0 ms per request on
+# CUDA against 8.8 ms on the CPU provider alone. "auto" therefore keeps int8 exports on the CPU.
+CPU_ONLY_QUANTIZATION = ("int8",)
+
+
+def choose_providers(device: str, quantize: str = "none") -> list[str]:
+    """onnxruntime providers for ``device`` (auto, cpu, cuda) and an export's ``quantize`` mode."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
     if device == "auto":
+        if cuda and quantize in CPU_ONLY_QUANTIZATION:
+            log.info("device auto: this %s export runs on the CPU provider (its quantized ops have no CUDA "
+                     "kernels); export with --quantize fp16 for CUDA", quantize)
+            return ["CPUExecutionProvider"]
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in available:
+        if not cuda:
             raise HugieError("E014", device=device, reason=f"onnxruntime providers are {available}; "
                              "install onnxruntime-gpu for CUDA")
+        if quantize in CPU_ONLY_QUANTIZATION:
+            log.warning("device %s with a %s export: its quantized ops run on the CPU provider, which is "
+                        "slower than device cpu; export with --quantize fp16 for CUDA", device, quantize)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -61,7 +78,7 @@ class OnnxBackend:
             raise HugieError("E012", path=self.path, file=file)
         self.encoder = onnx.load(str(self.path / file))
         self.quantize = onnx_cfg.get("quantize", "none")
-        self.providers = choose_providers(device)
+        self.providers = choose_providers(device, self.quantize)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.library = custom_op_library() if use_custom_op in (None, True) else None
         if use_custom_op and self.library is None:
