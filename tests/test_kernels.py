@@ -14,13 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from hugie.kernels import (
-    attach_span_scorer,
-    build,
-    custom_op_library,
-    library_has_cuda,
-    span_scorer_model,
-)
+from hugie.kernels import attach_span_scorer, build, custom_op_library, library_has_cuda, span_scorer_model
 from hugie.scoring import apply_rope, span_scores_reference
 
 KERNEL_DIR = Path(build.__file__).resolve().parent
