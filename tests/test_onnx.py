@@ -113,6 +113,49 @@ def test_auto_backend_prefers_onnx_and_cuda_request_fails_clearly(exported):
             Extractor.load(exported[0], backend="onnx", device="cuda")
 
 
+@pytest.fixture(scope="module")
+def exported_fp16(trained_model_dir, tmp_path_factory):
+    from hugie.export import export_model
+
+    return export_model(trained_model_dir, tmp_path_factory.mktemp("onnx16") / "fp16", quantize="fp16")
+
+
+def spans_by_pair(extractor, threshold=0.3):
+    return [{(s.start, s.end): s.score for s in found} for found in extractor.extract(pairs(), threshold=threshold)]
+
+
+def test_fp16_export_has_half_weights_and_float_io_and_matches_fp32(exported, exported_fp16):
+    import onnx
+    from onnx import TensorProto
+
+    cfg = json.loads((exported_fp16 / "config.json").read_text())
+    assert cfg["onnx"]["quantize"] == "fp16"
+    graph = onnx.load(str(exported_fp16 / cfg["onnx"]["file"])).graph
+    assert sum(t.data_type == TensorProto.FLOAT16 for t in graph.initializer) > len(graph.initializer) // 2
+    assert all(o.type.tensor_type.elem_type == TensorProto.FLOAT for o in graph.output)  # keep_io_types
+    half = spans_by_pair(Extractor.load(exported_fp16, backend="onnx", device="cpu"))
+    full = spans_by_pair(Extractor.load(exported[0], backend="onnx", device="cpu"))
+    assert sum(map(len, full)) > 0
+    for a, b in zip(half, full):  # spans scoring clear of the threshold agree; scores to fp16 precision
+        clear = {k for k, v in b.items() if abs(v - 0.3) > 0.02}
+        assert clear <= set(a) and {k for k, v in a.items() if abs(v - 0.3) > 0.02} <= set(b)
+        for k in clear:
+            assert a[k] == pytest.approx(b[k], abs=0.02)
+
+
+@pytest.mark.gpu
+def test_fp16_export_on_cuda_matches_cpu(exported_fp16):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("no CUDA execution provider")
+    gpu = spans_by_pair(Extractor.load(exported_fp16, backend="onnx", device="cuda"))
+    cpu = spans_by_pair(Extractor.load(exported_fp16, backend="onnx", device="cpu"))
+    for a, b in zip(gpu, cpu):
+        clear = {k for k, v in b.items() if abs(v - 0.3) > 0.02}
+        assert clear <= set(a)
+
+
 @pytest.mark.parametrize("quantize, device, first", [
     ("none", "auto", "CUDAExecutionProvider"),
     ("fp16", "auto", "CUDAExecutionProvider"),
