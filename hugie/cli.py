@@ -186,12 +186,16 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
     quantize: str = typer.Option("none", help="none, int8 (CPU) or fp16 (CUDA)."),
     opset: int = typer.Option(17),
+    outlier_ratio: Optional[float] = typer.Option(
+        None, min=0.0, help="int8: keep a layer's FFN output projection fp32 when its largest input channel peaks at "
+        "this many times the median channel (default 25; 0: quantize every layer)."),
 ) -> None:
     """Export to ONNX (encoder + span projection), optimise and optionally quantise."""
-    from .export import export_model
+    from .export import OUTLIER_RATIO, export_model
 
     try:
-        path = export_model(model, output, quantize=quantize, opset=opset)
+        path = export_model(model, output, quantize=quantize, opset=opset,
+                            outlier_ratio=OUTLIER_RATIO if outlier_ratio is None else outlier_ratio)
         err.print(f"exported to {path}")
     except HugieError as exc:
         _fail(exc)

@@ -179,3 +179,16 @@ def test_relation_threshold_option(untrained_model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     [rec] = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rec["entities"] and rec["relations"] == []
+
+
+def test_export_outlier_ratio_zero_quantizes_every_layer(tmp_path, random_model, tiny_tokenizer):
+    from tests.test_onnx import with_outlier_channel
+
+    with_outlier_channel(random_model, layer=0).save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save(tmp_path / "model")
+    res = runner.invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "int8"), "--quantize", "int8",
+                              "--outlier-ratio", "0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "int8" / "config.json").read_text())["onnx"]["fp32_matmuls"] == []
+    res = runner.invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "x"), "--outlier-ratio", "-1"])
+    assert res.exit_code != 0 and "outlier-ratio" in res.output

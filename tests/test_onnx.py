@@ -66,9 +66,11 @@ def test_int8_quantizes_every_projection_and_cpu_sessions_keep_slow_fusions_apar
 
     from hugie.backends.onnx import CPU_DISABLED_FUSIONS
 
-    ops = [n.op_type for n in onnx.load(str(exported[1] / "encoder.onnx")).graph.node]
+    nodes = onnx.load(str(exported[1] / "encoder.onnx")).graph.node
+    ops = [n.op_type for n in nodes]
     assert "QAttention" in ops and "Attention" not in ops, "the fused attention's QKV weights must be int8"
-    assert "MatMul" not in ops, "every weight MatMul must be quantized"
+    kept = json.loads((exported[1] / "config.json").read_text())["onnx"]["fp32_matmuls"]
+    assert [n.name for n in nodes if n.op_type == "MatMul"] == kept, "every other weight MatMul must be quantized"
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "session.onnx")
     ort.InferenceSession(str(exported[1] / "encoder.onnx"), opts, providers=["CPUExecutionProvider"],
@@ -76,6 +78,61 @@ def test_int8_quantizes_every_projection_and_cpu_sessions_keep_slow_fusions_apar
     session_ops = {n.op_type for n in onnx.load(str(tmp_path / "session.onnx")).graph.node}
     assert "LayerNormalization" in session_ops
     assert not session_ops & {"SkipLayerNormalization", "BiasGelu"}
+
+
+def with_outlier_channel(model, layer: int, channel: int = 5, value: float = 200.0):
+    """Make one channel entering ``layer``'s FFN output projection a constant ``value`` with small outgoing
+    weights, as in trained BERTs."""
+    import torch
+
+    ffn = model.encoder.encoder.layer[layer]
+    with torch.no_grad():
+        ffn.intermediate.dense.weight[channel] = 0.0
+        ffn.intermediate.dense.bias[channel] = value
+        ffn.output.dense.weight[:, channel] /= value
+    return model
+
+
+def encoder_outputs(directory, batch):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(directory / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input_ids": batch.input_ids.astype("int64"),
+                              "attention_mask": batch.attention_mask.astype("int64")})
+
+
+def test_outlier_layers_finds_the_layer_whose_ffn_input_has_an_outlier_channel(random_model, tiny_tokenizer):
+    from hugie.export import outlier_layers
+
+    assert outlier_layers(random_model, tiny_tokenizer) == []
+    with_outlier_channel(random_model, layer=1)
+    assert outlier_layers(random_model, tiny_tokenizer) == [1]
+    assert outlier_layers(random_model, tiny_tokenizer, ratio=None) == []
+
+
+def test_int8_keeps_outlier_layers_fp32_and_stays_closer_to_fp32(random_model, tiny_tokenizer, tmp_path):
+    import numpy as np
+    import onnx
+
+    from hugie.export import export_model
+
+    with_outlier_channel(random_model, layer=1).save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save(tmp_path / "model")
+    fp32 = export_model(tmp_path / "model", tmp_path / "fp32")
+    mixed = export_model(tmp_path / "model", tmp_path / "mixed", quantize="int8")
+    plain = export_model(tmp_path / "model", tmp_path / "plain", quantize="int8", outlier_ratio=None)
+
+    kept = json.loads((mixed / "config.json").read_text())["onnx"]["fp32_matmuls"]
+    assert len(kept) == 1 and kept[0].endswith("layer.1/output/dense/MatMul")
+    assert [n.name for n in onnx.load(str(mixed / "encoder.onnx")).graph.node if n.op_type == "MatMul"] == kept
+    assert "MatMul" not in {n.op_type for n in onnx.load(str(plain / "encoder.onnx")).graph.node}
+
+    batch = tiny_tokenizer.encode_pairs(pairs())
+    ref = encoder_outputs(fp32, batch)
+    mask = batch.attention_mask.astype(bool)
+    error = {d.name: max(float(np.abs(a - b)[mask].max()) for a, b in zip(encoder_outputs(d, batch)[:2], ref[:2]))
+             for d in (mixed, plain)}
+    assert error["mixed"] < error["plain"] / 2, error
 
 
 def test_higher_thresholds_reuse_the_loaded_session_and_match_a_fresh_one(exported):
