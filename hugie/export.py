@@ -115,7 +115,12 @@ def outlier_layers(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> lis
     from .instructions import templates
 
     pairs = [(templates(lang).for_entity(t), text) for lang, types, texts in CALIBRATION for t in types for text in texts]
-    batch = tokenizer.encode_pairs(pairs)
+    tokens = tokenizer.tokenize([p for pair in pairs for p in pair])
+    fitting = [pair for pair in zip(tokens[::2], tokens[1::2]) if tokenizer.pair_length(*pair) <= tokenizer.max_length]
+    if not fitting:
+        log.warning("no calibration pass fits max_length %d; quantizing every layer", tokenizer.max_length)
+        return []
+    batch = tokenizer.build_batch(fitting)
     valid = torch.as_tensor(batch.attention_mask, dtype=torch.bool)
     peaks: dict[int, torch.Tensor] = {}
 

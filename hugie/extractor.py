@@ -6,6 +6,7 @@ text → instruction → tokens (windows for long texts) → backend (q, k, bias
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class Extractor:
     def __init__(self, backend, tokenizer: HugieTokenizer, config: HugieConfig, *,
                  batch_size: int = 32, batch_tokens: int = 8192, model_path: str | None = None):
         self.backend = backend
-        self.tokenizer = tokenizer
+        self.tokenizer = copy.copy(tokenizer)  # max_length below is this extractor's, not the caller's
         self.config = config
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens

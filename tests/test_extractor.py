@@ -55,6 +55,7 @@ def test_long_text_is_windowed_and_merged(tiny_tokenizer):
     assert len(spans) == 12, "every mention found exactly once, across windows"
     assert all(text[s.start:s.end] == "王小明" for s in spans)
     assert sum(backend.calls) > 1
+    assert (ex.tokenizer.max_length, tiny_tokenizer.max_length) == (40, 128), "the caller's tokenizer keeps its limit"
 
 
 def test_bad_inputs_raise_catalogued_errors(tiny_tokenizer):
