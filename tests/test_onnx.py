@@ -124,6 +124,7 @@ def test_int8_keeps_outlier_layers_fp32_and_stays_closer_to_fp32(random_model, t
 
     kept = json.loads((mixed / "config.json").read_text())["onnx"]["fp32_matmuls"]
     assert len(kept) == 1 and kept[0].endswith("layer.1/output/dense/MatMul")
+    assert Extractor.load(mixed, backend="onnx", device="cpu").info()["fp32_matmuls"] == kept
     assert [n.name for n in onnx.load(str(mixed / "encoder.onnx")).graph.node if n.op_type == "MatMul"] == kept
     assert "MatMul" not in {n.op_type for n in onnx.load(str(plain / "encoder.onnx")).graph.node}
 
