@@ -8,6 +8,7 @@
 
 Usage:
   python benchmarks/bench_latency.py --model MODEL_DIR [--requests 40] [--f1-data DEV.jsonl --label-map F]
+      [--also NAME=EXPORTED_DIR ...]
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--f1-limit", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
+                    help="another exported ONNX directory to time beside the others (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -105,6 +108,9 @@ def main() -> None:
         "ORT fp32": Extractor.load(fp32_dir, backend="onnx", device="cpu"),
         "ORT int8": Extractor.load(int8_dir, backend="onnx", device="cpu"),
     }
+    for spec in args.also:
+        name, _, directory = spec.partition("=")
+        engines[f"ORT {name}"] = Extractor.load(directory, backend="onnx", device="cpu")
     n_tokens = engines["ORT int8"].tokenizer.build_batch(
         [tuple(engines["ORT int8"].tokenizer.tokenize([INSTRUCTION, TEXT]))]).input_ids.shape[1]
     rows = {}

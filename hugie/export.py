@@ -1,9 +1,9 @@
 """ONNX export: encoder + Global Pointer projection (q, k before RoPE, start/end bias).
 
 The exported ``encoder.onnx`` has dynamic batch and sequence axes. onnxruntime's transformer
-optimizer fuses attention, LayerNorm and GELU; ``int8`` applies dynamic quantization (CPU),
-FFN output projections whose inputs carry outlier channels stay fp32 (see
-:func:`outlier_layers`); ``fp16`` converts weights to half precision with float32 inputs/outputs (CUDA). The span scorer
+optimizer fuses attention, LayerNorm and GELU; ``int8`` applies dynamic quantization (CPU), with
+the outlier input channels of FFN output projections split off into thin fp32 MatMuls (see
+:func:`outlier_channels`); ``fp16`` converts weights to half precision with float32 inputs/outputs (CUDA). The span scorer
 (fused ``SpanScore`` op, or its standard-ONNX fallback) is attached when a session is created,
 so one exported directory works wherever it is loaded.
 """
@@ -27,12 +27,12 @@ log = logging.getLogger("hugie.export")
 ENCODER_FILE = "encoder.onnx"
 QUANTIZE_CHOICES = ("none", "int8", "fp16")
 
-#: int8 keeps a layer's FFN output projection in fp32 when the largest input channel's peak |activation| is at
-#: least this many times the median channel's. Dynamic quantization gives the whole activation one scale, so a
-#: channel peaking at 60 leaves a channel peaking at 1 about four levels. ``None`` or 0 quantizes every layer.
+#: int8 keeps an input channel of an FFN output projection in fp32 when its peak |activation| is at least this
+#: many times the median channel's. Dynamic quantization gives the whole activation one scale, so a channel
+#: peaking at 60 leaves a channel peaking at 1 about four levels. ``None`` or 0 quantizes every channel.
 OUTLIER_RATIO = 25.0
 
-#: Calibration passes for :func:`outlier_layers`: (language, entity types, texts), written for this purpose.
+#: Calibration passes for :func:`outlier_channels`: (language, entity types, texts), written for this purpose.
 CALIBRATION = (
     ("zh", ("人名", "地名", "机构名", "公司"), (
         "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。",
@@ -66,7 +66,8 @@ class _Projection(nn.Module):
 
 
 def export_onnx(model, path: Path, opset: int = 17) -> Path:
-    """Plain torch → ONNX export with dynamic batch/sequence axes."""
+    """Plain torch → ONNX export with dynamic batch/sequence axes. The model is left in eval mode (the
+    exporter restores the wrapper's own mode afterwards, so the wrapper is made in eval mode too)."""
     model = model.eval()
     ids = torch.ones((2, 12), dtype=torch.long)
     attn = torch.ones((2, 12), dtype=torch.long)
@@ -75,7 +76,7 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
             "q": {0: "batch", 1: "length"}, "k": {0: "batch", 1: "length"},
             "start_bias": {0: "batch", 1: "length"}, "end_bias": {0: "batch", 1: "length"}}
     with torch.no_grad():
-        torch.onnx.export(_Projection(model), (ids, attn), str(path), input_names=["input_ids", "attention_mask"],
+        torch.onnx.export(_Projection(model).eval(), (ids, attn), str(path), input_names=["input_ids", "attention_mask"],
                           output_names=["q", "k", "start_bias", "end_bias"], dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return path
@@ -107,19 +108,19 @@ def optimize(source: Path, target: Path, num_heads: int, hidden_size: int, fp16:
     return target
 
 
-def outlier_layers(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> list[int]:
-    """Encoder layers whose FFN output projection sees outlier input channels on the calibration passes:
-    peak |activation| of the largest channel ≥ ``ratio`` × the median channel's (padding excluded)."""
+def outlier_channels(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> dict[int, list[int]]:
+    """Input channels of each layer's FFN output projection whose peak |activation| on the calibration passes
+    is at least ``ratio`` × the median channel's (padding excluded): {layer: channels}, layers without any left out."""
     if not ratio:
-        return []
+        return {}
     from .instructions import templates
 
     pairs = [(templates(lang).for_entity(t), text) for lang, types, texts in CALIBRATION for t in types for text in texts]
     tokens = tokenizer.tokenize([p for pair in pairs for p in pair])
     fitting = [pair for pair in zip(tokens[::2], tokens[1::2]) if tokenizer.pair_length(*pair) <= tokenizer.max_length]
     if not fitting:
-        log.warning("no calibration pass fits max_length %d; quantizing every layer", tokenizer.max_length)
-        return []
+        log.warning("no calibration pass fits max_length %d; quantizing every channel", tokenizer.max_length)
+        return {}
     batch = tokenizer.build_batch(fitting)
     valid = torch.as_tensor(batch.attention_mask, dtype=torch.bool)
     peaks: dict[int, torch.Tensor] = {}
@@ -137,29 +138,67 @@ def outlier_layers(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> lis
     finally:
         for h in hooks:
             h.remove()
-    return sorted(i for i, p in peaks.items() if p.max() >= ratio * p.median().clamp(min=1e-6))
+    found = {i: torch.nonzero(p >= ratio * p.median().clamp(min=1e-6)).flatten().tolist() for i, p in peaks.items()}
+    return {i: channels for i, channels in sorted(found.items()) if channels}
 
 
-def quantize_int8(source: Path, target: Path, per_channel: bool = True, fp32_layers: list[int] = ()) -> list[str]:
+def split_outlier_channels(source: Path, target: Path, channels: dict[int, list[int]]) -> list[str]:
+    """Rewrite each listed FFN output projection ``x @ W`` as ``(x · inlier_mask) @ W + x[..., C] @ W[C]``:
+    the first MatMul, whose input no longer holds the outlier channels C, is left to int8; the second, a
+    thin fp32 one, carries C exactly. Returns the names of the fp32 MatMuls."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    kept: list[str] = []
+    for node in list(graph.node):
+        m = _FFN_OUTPUT_NODE.search(node.name) if node.op_type == "MatMul" else None
+        if not m or int(m.group(1)) not in channels or node.input[1] not in weights:
+            continue
+        picked = channels[int(m.group(1))]
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        mask = np.ones(weight.shape[0], dtype=weight.dtype)
+        mask[picked] = 0
+        base, x, out = node.name, node.input[0], node.output[0]
+        graph.initializer.extend([numpy_helper.from_array(mask, f"{base}/inlier_mask"),
+                                  numpy_helper.from_array(np.asarray(picked, dtype=np.int64), f"{base}/outlier_index"),
+                                  numpy_helper.from_array(weight[picked], f"{base}/outlier_weight")])
+        node.input[0], node.output[0] = f"{base}/inliers", f"{base}/inlier_out"
+        at = list(graph.node).index(node)
+        added = [helper.make_node("Mul", [x, f"{base}/inlier_mask"], [f"{base}/inliers"], name=f"{base}/inlier_mask_mul"),
+                 helper.make_node("Gather", [x, f"{base}/outlier_index"], [f"{base}/outliers"], name=f"{base}/outlier_gather",
+                                  axis=-1),
+                 helper.make_node("MatMul", [f"{base}/outliers", f"{base}/outlier_weight"], [f"{base}/outlier_out"],
+                                  name=f"{base}/outlier_MatMul"),
+                 helper.make_node("Add", [f"{base}/inlier_out", f"{base}/outlier_out"], [out], name=f"{base}/outlier_add")]
+        graph.node.insert(at, added[0])
+        for i, extra in enumerate(added[1:]):
+            graph.node.insert(at + 2 + i, extra)
+        kept.append(f"{base}/outlier_MatMul")
+    if len(kept) != len(channels):
+        log.warning("FFN output projections of layers %s not found in the graph; quantizing every channel",
+                    sorted(channels))
+        shutil.copyfile(source, target)
+        return []
+    onnx.save(model, str(target))
+    return kept
+
+
+def quantize_int8(source: Path, target: Path, per_channel: bool = True, fp32_matmuls: list[str] = ()) -> None:
     """Dynamic int8 quantization of MatMul, fused Attention (its QKV projection) and the embedding
     Gather; activations are quantized at run time. Per-channel weight scales keep int8 spans
     closer to fp32 than one scale per tensor (agreement F1 90 vs 81 on CLUENER dev[:300]) at the
-    same speed. The FFN output projections of ``fp32_layers`` stay fp32; returns their node names."""
+    same speed. The MatMuls named in ``fp32_matmuls`` stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import onnx
 
-    graph = onnx.load(str(source), load_external_data=False).graph
-    keep = [n.name for n in graph.node if n.op_type == "MatMul" and (m := _FFN_OUTPUT_NODE.search(n.name))
-            and int(m.group(1)) in fp32_layers]
-    if len(keep) != len(fp32_layers):
-        log.warning("FFN output projections of layers %s not found in the graph; quantizing every layer",
-                    list(fp32_layers))
-        keep = []
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_exclude=keep,
+                     op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_exclude=list(fp32_matmuls),
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return keep
 
 
 def _use_eager_attention(model) -> None:
@@ -173,7 +212,7 @@ def _use_eager_attention(model) -> None:
 def export_model(model_dir: str | Path, output: str | Path, quantize: str = "none", opset: int = 17,
                  outlier_ratio: float | None = OUTLIER_RATIO) -> Path:
     """Export a trained model directory to a self-describing ONNX directory (``outlier_ratio``: int8 only,
-    see :func:`outlier_layers`)."""
+    see :func:`outlier_channels`)."""
     from .modeling import GlobalPointerModel
     from .tokenization import HugieTokenizer
 
@@ -187,6 +226,7 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
     _use_eager_attention(model)
     enc = model.encoder.config
     fp32_matmuls: list[str] = []
+    outliers: dict[int, list[int]] = {}
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         raw = export_onnx(model, Path(tmp) / "raw.onnx", opset=opset)
@@ -194,14 +234,18 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
                              fp16=quantize == "fp16", fuse_embeddings=quantize != "int8")
         final = output / ENCODER_FILE
         if quantize == "int8":
-            fp32_layers = outlier_layers(model, HugieTokenizer.from_file(model_dir / "tokenizer.json"), outlier_ratio)
-            fp32_matmuls = quantize_int8(optimized, final, fp32_layers=fp32_layers)
-            log.info("int8: FFN output projections kept fp32 (outlier inputs): %s", fp32_matmuls or "none")
+            outliers = outlier_channels(model, HugieTokenizer.from_file(model_dir / "tokenizer.json"), outlier_ratio)
+            split = Path(tmp) / "split.onnx"
+            fp32_matmuls = split_outlier_channels(optimized, split, outliers) if outliers else []
+            quantize_int8(split if fp32_matmuls else optimized, final, fp32_matmuls=fp32_matmuls)
+            if not fp32_matmuls:
+                outliers = {}
+            log.info("int8: outlier input channels of FFN output projections kept fp32: %s", outliers or "none")
         else:
             shutil.copyfile(optimized, final)
     config = model.config.to_dict()
     config["onnx"] = {"file": ENCODER_FILE, "quantize": quantize, "opset": opset, "fp32_matmuls": fp32_matmuls,
-                      "outputs": ["q", "k", "start_bias", "end_bias"],
+                      "outlier_channels": {str(k): v for k, v in outliers.items()}, "outputs": ["q", "k", "start_bias", "end_bias"],
                       "span_scorer": "hugie::SpanScore custom op when it builds, else standard-ONNX banded fallback"}
     (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     for extra in ("tokenizer.json", "tokenizer_config.json", "train_config.yaml", "versions.json", "README.md"):

@@ -101,31 +101,64 @@ def encoder_outputs(directory, batch):
                               "attention_mask": batch.attention_mask.astype("int64")})
 
 
-def test_outlier_layers_finds_the_layer_whose_ffn_input_has_an_outlier_channel(random_model, tiny_tokenizer):
-    from hugie.export import outlier_layers
+def test_outlier_channels_finds_the_injected_channel(random_model, tiny_tokenizer):
+    from hugie.export import outlier_channels
 
-    assert outlier_layers(random_model, tiny_tokenizer) == []
-    with_outlier_channel(random_model, layer=1)
-    assert outlier_layers(random_model, tiny_tokenizer) == [1]
-    assert outlier_layers(random_model, tiny_tokenizer, ratio=None) == []
+    assert outlier_channels(random_model, tiny_tokenizer) == {}
+    with_outlier_channel(random_model, layer=1, channel=5)
+    assert outlier_channels(random_model, tiny_tokenizer) == {1: [5]}
+    assert outlier_channels(random_model, tiny_tokenizer, ratio=None) == {}
 
 
-def test_int8_keeps_outlier_layers_fp32_and_stays_closer_to_fp32(random_model, tiny_tokenizer, tmp_path):
+def test_export_leaves_the_model_in_eval_mode(random_model, tmp_path):
+    from hugie.export import export_onnx
+
+    export_onnx(random_model.eval(), tmp_path / "raw.onnx")
+    assert not random_model.training, "dropout would be on in everything run after the export (calibration too)"
+
+
+def test_split_outlier_channels_computes_the_same_projection(random_model, tiny_tokenizer, tmp_path):
+    import numpy as np
+    import onnx
+
+    from hugie.export import export_model, split_outlier_channels
+
+    random_model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save(tmp_path / "model")
+    fp32 = export_model(tmp_path / "model", tmp_path / "fp32")
+    (tmp_path / "split").mkdir()
+    kept = split_outlier_channels(fp32 / "encoder.onnx", tmp_path / "split" / "encoder.onnx", {0: [3, 7], 1: [5]})
+    assert [k.split("/")[-5] for k in kept] == ["layer.0", "layer.1"]
+    nodes = onnx.load(str(tmp_path / "split" / "encoder.onnx")).graph.node
+    assert sum(n.op_type == "Gather" and n.name.endswith("outlier_gather") for n in nodes) == 2
+    batch = tiny_tokenizer.encode_pairs(pairs())
+    mask = batch.attention_mask.astype(bool)
+    for a, b in zip(encoder_outputs(tmp_path / "split", batch), encoder_outputs(fp32, batch)):
+        np.testing.assert_allclose(a[mask], b[mask], atol=1e-4)
+
+
+def test_int8_keeps_outlier_channels_fp32_and_stays_closer_to_fp32(random_model, tiny_tokenizer, tmp_path):
     import numpy as np
     import onnx
 
     from hugie.export import export_model
 
-    with_outlier_channel(random_model, layer=1).save_pretrained(tmp_path / "model")
+    with_outlier_channel(random_model, layer=1, channel=5).save_pretrained(tmp_path / "model")
     tiny_tokenizer.save(tmp_path / "model")
     fp32 = export_model(tmp_path / "model", tmp_path / "fp32")
     mixed = export_model(tmp_path / "model", tmp_path / "mixed", quantize="int8")
     plain = export_model(tmp_path / "model", tmp_path / "plain", quantize="int8", outlier_ratio=None)
 
-    kept = json.loads((mixed / "config.json").read_text())["onnx"]["fp32_matmuls"]
-    assert len(kept) == 1 and kept[0].endswith("layer.1/output/dense/MatMul")
+    onnx_cfg = json.loads((mixed / "config.json").read_text())["onnx"]
+    kept = onnx_cfg["fp32_matmuls"]
+    assert onnx_cfg["outlier_channels"] == {"1": [5]}
+    assert len(kept) == 1 and kept[0].endswith("layer.1/output/dense/MatMul/outlier_MatMul")
     assert Extractor.load(mixed, backend="onnx", device="cpu").info()["fp32_matmuls"] == kept
-    assert [n.name for n in onnx.load(str(mixed / "encoder.onnx")).graph.node if n.op_type == "MatMul"] == kept
+    mixed_nodes = onnx.load(str(mixed / "encoder.onnx")).graph.node
+    assert [n.name for n in mixed_nodes if n.op_type == "MatMul"] == kept
+    assert sum(n.op_type == "MatMulInteger" for n in mixed_nodes) == sum(
+        n.op_type == "MatMulInteger" for n in onnx.load(str(plain / "encoder.onnx")).graph.node), \
+        "the projection itself must stay int8"
     assert "MatMul" not in {n.op_type for n in onnx.load(str(plain / "encoder.onnx")).graph.node}
 
     batch = tiny_tokenizer.encode_pairs(pairs())
