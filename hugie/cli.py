@@ -187,8 +187,8 @@ def export(
     quantize: str = typer.Option("none", help="none, int8 (CPU) or fp16 (CUDA)."),
     opset: int = typer.Option(17),
     outlier_ratio: Optional[float] = typer.Option(
-        None, min=0.0, help="int8: keep a layer's FFN output projection fp32 when its largest input channel peaks at "
-        "this many times the median channel (default 25; 0: quantize every layer)."),
+        None, min=0.0, help="int8: compute an FFN output projection's input channel in fp32 when it peaks at "
+        "this many times the median channel (default 25; 0: quantize every channel)."),
 ) -> None:
     """Export to ONNX (encoder + span projection), optimise and optionally quantise."""
     from .export import OUTLIER_RATIO, export_model
