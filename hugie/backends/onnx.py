@@ -79,6 +79,7 @@ class OnnxBackend:
         self.encoder = onnx.load(str(self.path / file))
         self.quantize = onnx_cfg.get("quantize", "none")
         self.fp32_matmuls = onnx_cfg.get("fp32_matmuls", [])
+        self.outlier_channels = onnx_cfg.get("outlier_channels", {})
         self.providers = choose_providers(device, self.quantize)
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.library = custom_op_library() if use_custom_op in (None, True) else None
@@ -151,5 +152,6 @@ class OnnxBackend:
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "providers": self.providers,
-                "onnxruntime": self._ort.__version__, "quantize": self.quantize, "fp32_matmuls": self.fp32_matmuls, "span_scorer": self.scorer,
+                "onnxruntime": self._ort.__version__, "quantize": self.quantize, "fp32_matmuls": self.fp32_matmuls,
+                "outlier_channels": self.outlier_channels, "span_scorer": self.scorer,
                 "custom_op_library": self.library}
