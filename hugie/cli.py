@@ -189,13 +189,18 @@ def export(
     outlier_ratio: Optional[float] = typer.Option(
         None, min=0.0, help="int8: compute an FFN output projection's input channel in fp32 when it peaks at "
         "this many times the median channel (default 25; 0: quantize every channel)."),
+    threshold: Optional[float] = typer.Option(
+        None, help="Entity/subject threshold to record as the export's default (default: the trained model's)."),
+    relation_threshold: Optional[float] = typer.Option(
+        None, help="Relation-object threshold to record as the export's default (default: the trained model's)."),
 ) -> None:
     """Export to ONNX (encoder + span projection), optimise and optionally quantise."""
     from .export import OUTLIER_RATIO, export_model
 
+    decoding = {k: v for k, v in (("threshold", threshold), ("relation_threshold", relation_threshold)) if v is not None}
     try:
         path = export_model(model, output, quantize=quantize, opset=opset,
-                            outlier_ratio=OUTLIER_RATIO if outlier_ratio is None else outlier_ratio)
+                            outlier_ratio=OUTLIER_RATIO if outlier_ratio is None else outlier_ratio, decoding=decoding)
         err.print(f"exported to {path}")
     except HugieError as exc:
         _fail(exc)

@@ -37,6 +37,7 @@ MESSAGES: dict[str, str] = {
     "E025": "label map {file} must be a JSON object of source label -> type name (or a list of type names)",
     "E026": "invalid schema: {details}",
     "E027": "flat_ner keeps one type per span; it cannot be combined with one_type_per_span=False",
+    "E028": "unknown decoding setting {key!r}; choose one of {choices}",
     # training
     "E030": "training config {file}: {reason}",
     "E031": "no training examples were built from {datasets}",

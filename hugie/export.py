@@ -209,15 +209,32 @@ def _use_eager_attention(model) -> None:
         model.encoder.config._attn_implementation = "eager"
 
 
+DECODING_KEYS = ("threshold", "relation_threshold", "one_type_per_span", "flat_ner")
+
+
+def _checked_decoding(decoding: dict) -> dict:
+    """Decoding defaults an export records in place of the trained model's, validated."""
+    unknown = sorted(set(decoding) - set(DECODING_KEYS))
+    if unknown:
+        raise HugieError("E028", key=unknown[0], choices=", ".join(DECODING_KEYS))
+    for key in ("threshold", "relation_threshold"):
+        value = decoding.get(key)
+        if key in decoding and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise HugieError("E003", value=value)
+    return decoding
+
+
 def export_model(model_dir: str | Path, output: str | Path, quantize: str = "none", opset: int = 17,
-                 outlier_ratio: float | None = OUTLIER_RATIO) -> Path:
+                 outlier_ratio: float | None = OUTLIER_RATIO, decoding: dict | None = None) -> Path:
     """Export a trained model directory to a self-describing ONNX directory (``outlier_ratio``: int8 only,
-    see :func:`outlier_channels`)."""
+    see :func:`outlier_channels`; ``decoding``: defaults to record instead of the trained model's, from
+    ``threshold``, ``relation_threshold``, ``one_type_per_span``, ``flat_ner``)."""
     from .modeling import GlobalPointerModel
     from .tokenization import HugieTokenizer
 
     if quantize not in QUANTIZE_CHOICES:
         raise HugieError("E013", backend=f"quantize={quantize}", choices=", ".join(QUANTIZE_CHOICES))
+    decoding = _checked_decoding(decoding or {})
     model_dir, output = Path(model_dir), Path(output)
     for needed in ("config.json", "tokenizer.json"):
         if not (model_dir / needed).exists():
@@ -243,7 +260,7 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
             log.info("int8: outlier input channels of FFN output projections kept fp32: %s", outliers or "none")
         else:
             shutil.copyfile(optimized, final)
-    config = model.config.to_dict()
+    config = {**model.config.to_dict(), **decoding}
     config["onnx"] = {"file": ENCODER_FILE, "quantize": quantize, "opset": opset, "fp32_matmuls": fp32_matmuls,
                       "outlier_channels": {str(k): v for k, v in outliers.items()}, "outputs": ["q", "k", "start_bias", "end_bias"],
                       "span_scorer": "hugie::SpanScore custom op when it builds, else standard-ONNX banded fallback"}

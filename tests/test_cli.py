@@ -192,3 +192,22 @@ def test_export_outlier_ratio_zero_quantizes_every_layer(tmp_path, random_model,
     assert json.loads((tmp_path / "int8" / "config.json").read_text())["onnx"]["fp32_matmuls"] == []
     res = runner.invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "x"), "--outlier-ratio", "-1"])
     assert res.exit_code != 0 and "outlier-ratio" in res.output
+
+
+def test_export_records_the_decoding_defaults_it_is_given(tmp_path, random_model, tiny_tokenizer):
+    from hugie.extractor import Extractor
+
+    random_model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save(tmp_path / "model")
+    trained = json.loads((tmp_path / "model" / "config.json").read_text())
+    res = runner.invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "fp32"), "--threshold", "0.35",
+                              "--relation-threshold", "0.85"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "fp32" / "config.json").read_text())
+    assert (config["threshold"], config["relation_threshold"]) == (0.35, 0.85) != (trained["threshold"],
+                                                                                trained.get("relation_threshold"))
+    info = Extractor.load(tmp_path / "fp32", backend="onnx", device="cpu").info()
+    assert (info["threshold"], info["relation_threshold"]) == (0.35, 0.85)
+    res = runner.invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "x"), "--threshold", "1.5"])
+    assert res.exit_code != 0 and "threshold must be between 0 and 1, got 1.5" in res.output
+    assert not (tmp_path / "x").exists()
