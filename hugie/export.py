@@ -209,7 +209,7 @@ def _use_eager_attention(model) -> None:
         model.encoder.config._attn_implementation = "eager"
 
 
-DECODING_KEYS = ("threshold", "relation_threshold", "one_type_per_span", "flat_ner")
+DECODING_KEYS = ("threshold", "relation_threshold")
 
 
 def _checked_decoding(decoding: dict) -> dict:
@@ -217,9 +217,8 @@ def _checked_decoding(decoding: dict) -> dict:
     unknown = sorted(set(decoding) - set(DECODING_KEYS))
     if unknown:
         raise HugieError("E028", key=unknown[0], choices=", ".join(DECODING_KEYS))
-    for key in ("threshold", "relation_threshold"):
-        value = decoding.get(key)
-        if key in decoding and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+    for value in decoding.values():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise HugieError("E003", value=value)
     return decoding
 
@@ -227,8 +226,8 @@ def _checked_decoding(decoding: dict) -> dict:
 def export_model(model_dir: str | Path, output: str | Path, quantize: str = "none", opset: int = 17,
                  outlier_ratio: float | None = OUTLIER_RATIO, decoding: dict | None = None) -> Path:
     """Export a trained model directory to a self-describing ONNX directory (``outlier_ratio``: int8 only,
-    see :func:`outlier_channels`; ``decoding``: defaults to record instead of the trained model's, from
-    ``threshold``, ``relation_threshold``, ``one_type_per_span``, ``flat_ner``)."""
+    see :func:`outlier_channels`; ``decoding``: ``threshold`` / ``relation_threshold`` to record as the
+    export's defaults instead of the trained model's)."""
     from .modeling import GlobalPointerModel
     from .tokenization import HugieTokenizer
 

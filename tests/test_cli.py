@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from hugie.cli import app
@@ -211,3 +212,14 @@ def test_export_records_the_decoding_defaults_it_is_given(tmp_path, random_model
     res = runner.invoke(app, ["export", str(tmp_path / "model"), "-o", str(tmp_path / "x"), "--threshold", "1.5"])
     assert res.exit_code != 0 and "threshold must be between 0 and 1, got 1.5" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_export_rejects_unknown_or_out_of_range_decoding_before_writing(tmp_path):
+    from hugie.errors import HugieError
+    from hugie.export import export_model
+
+    for decoding, code in (({"top_k": 3}, "E028"), ({"relation_threshold": -0.1}, "E003"), ({"threshold": True}, "E003")):
+        with pytest.raises(HugieError) as err:
+            export_model(tmp_path / "missing-model", tmp_path / "out", decoding=decoding)
+        assert err.value.code == code
+    assert not (tmp_path / "out").exists()
