@@ -217,10 +217,9 @@ def _checked_decoding(decoding: dict) -> dict:
     unknown = sorted(set(decoding) - set(DECODING_KEYS))
     if unknown:
         raise HugieError("E028", key=unknown[0], choices=", ".join(DECODING_KEYS))
-    for value in decoding.values():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise HugieError("E003", value=value)
-    return decoding
+    from .extractor import checked_threshold
+
+    return {key: checked_threshold(value) for key, value in decoding.items()}
 
 
 def export_model(model_dir: str | Path, output: str | Path, quantize: str = "none", opset: int = 17,

@@ -26,6 +26,13 @@ log = logging.getLogger("hugie")
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "hugie-small"
 
 
+def checked_threshold(value) -> float:
+    """``value`` as a float, or E003 unless it is a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise HugieError("E003", value=value)
+    return float(value)
+
+
 def default_model_path() -> Path:
     """The embedded default model (``HUGIE_MODEL`` overrides)."""
     return Path(os.environ.get("HUGIE_MODEL", DEFAULT_MODEL_DIR))
@@ -155,10 +162,7 @@ class Extractor:
 
     # ------------------------------------------------------------------ core
     def _check_threshold(self, threshold: float | None) -> float:
-        value = self.config.threshold if threshold is None else threshold
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise HugieError("E003", value=threshold)
-        return float(value)
+        return checked_threshold(self.config.threshold if threshold is None else threshold)
 
     def relation_threshold(self, threshold: float | None = None, relation_threshold: float | None = None) -> float:
         """The threshold for relation-object passes: ``relation_threshold`` if given, else an explicit
