@@ -32,7 +32,7 @@ def session(path: Path, threads: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True, help="trained model dir (torch weights)")
+    ap.add_argument("--model", required=True, help="trained model dir, or an exported one (its weights dequantized)")
     ap.add_argument("--tokens", type=int, default=100)
     ap.add_argument("--requests", type=int, default=60, help="passes per engine, in rounds of 10")
     ap.add_argument("--threads", type=int, default=2)
@@ -41,10 +41,11 @@ def main() -> None:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from hugie.export import ENCODER_FILE, _use_eager_attention, export_model, export_onnx
+    from hugie.export import ENCODER_FILE, _use_eager_attention, export_model, export_onnx, torch_model_dir
     from hugie.modeling import GlobalPointerModel
 
     tmp = Path(tempfile.mkdtemp(prefix="hugie-bench-encoder-"))
+    args.model = str(torch_model_dir(args.model, tmp))  # an exported directory: its weights, dequantized
     model = GlobalPointerModel.from_pretrained(args.model).eval()
     eager_model = GlobalPointerModel.from_pretrained(args.model).eval()
     _use_eager_attention(eager_model)

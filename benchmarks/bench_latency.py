@@ -83,7 +83,7 @@ def pct(xs, q):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True, help="trained model dir (torch weights)")
+    ap.add_argument("--model", required=True, help="trained model dir, or an exported one (its weights dequantized)")
     ap.add_argument("--requests", type=int, default=80, help="single requests per engine, in rounds of 10")
     ap.add_argument("--baseline-requests", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64, help="passes per batched call")
@@ -97,10 +97,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from hugie.export import export_model
+    from hugie.export import export_model, torch_model_dir
     from hugie.extractor import Extractor
 
     tmp = Path(tempfile.mkdtemp(prefix="hugie-bench-"))
+    args.model = str(torch_model_dir(args.model, tmp))  # an exported directory: its weights, dequantized
     fp32_dir = export_model(args.model, tmp / "fp32")
     int8_dir = export_model(args.model, tmp / "int8", quantize="int8")
     engines = {

@@ -269,3 +269,98 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
     log.info("exported %s (%s) to %s: %.1f MB", model_dir, quantize, output,
              (output / ENCODER_FILE).stat().st_size / 2**20)
     return output
+
+
+_LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output|intermediate|output)/dense|projection|bias_head)"
+                          r"/MatMul(?:_quant)?$")
+
+
+def model_from_export(directory: str | Path):
+    """The inverse of :func:`export_model`: rebuild the torch ``GlobalPointerModel`` from an exported directory,
+    to fine-tune a model that ships only as ONNX (the embedded ``hugie-small`` among them). fp32 exports give back
+    their exact weights; int8 ones their dequantized weights (outlier channels exact); fp16 ones their fp16
+    weights in float32. Every parameter must be found in the graph, or E012 names the first one missing."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from .modeling import GlobalPointerModel, HugieConfig
+
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    onnx_file = directory / (json.loads(config_file.read_text()).get("onnx", {}).get("file", ENCODER_FILE)
+                             if config_file.exists() else ENCODER_FILE)
+    for needed in (config_file, onnx_file):
+        if not needed.exists():
+            raise HugieError("E012", path=directory, file=needed.name)
+    graph = onnx.load(str(onnx_file)).graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes = {node.name: node for node in graph.node}
+
+    def value(name: str) -> np.ndarray:
+        """An initializer as float32; an int8 / uint8 one dequantized with its ``_scale`` and ``_zero_point``."""
+        array = numpy_helper.to_array(weights[name])
+        if array.dtype in (np.int8, np.uint8):
+            stem = name.removesuffix("_quantized")
+            scale = numpy_helper.to_array(weights[f"{stem}_scale"]).astype(np.float32)
+            zero = numpy_helper.to_array(weights[f"{stem}_zero_point"]).astype(np.float32)
+            return (array.astype(np.float32) - zero) * scale  # per tensor, or per output column (the last axis)
+        return array.astype(np.float32)
+
+    state: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type in ("Attention", "QAttention"):  # fused q, k, v: weight [H, 3H], bias [3H]
+            layer = int(node.name.split("_")[1])
+            qkv, bias = value(node.input[1]), value(node.input[2])
+            for part, w, b in zip(("query", "key", "value"), np.split(qkv, 3, axis=1), np.split(bias, 3)):
+                state[f"encoder.encoder.layer.{layer}.attention.self.{part}.weight"] = w.T
+                state[f"encoder.encoder.layer.{layer}.attention.self.{part}.bias"] = b
+        elif node.op_type == "EmbedLayerNormalization":
+            for part, name in zip(("word_embeddings.weight", "position_embeddings.weight",
+                                   "token_type_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias"), node.input[2:7]):
+                state[f"encoder.embeddings.{part}"] = value(name)
+        elif node.op_type == "Gather" and node.name.startswith("/encoder/embeddings/") and node.input[0] in weights:
+            state[f"encoder.embeddings.{node.name.split('/')[3]}.weight"] = value(node.input[0])
+        elif node.op_type == "LayerNormalization" and node.name.endswith("/LayerNorm/LayerNormalization"):
+            module = node.name.removeprefix("/encoder/").removesuffix("/LayerNorm/LayerNormalization").replace("/", ".")
+            state[f"encoder.{module}.LayerNorm.weight"] = value(node.input[1])
+            state[f"encoder.{module}.LayerNorm.bias"] = value(node.input[2])
+        elif node.op_type in ("MatMul", "MatMulInteger") and (m := _LINEAR_NODE.match(node.name)):
+            prefix = m.group(1)
+            module = "encoder." + prefix.removeprefix("encoder/").replace("/", ".") if m.group(2) else prefix
+            weight = value(node.input[1])
+            split = f"/{prefix}/MatMul"
+            if f"{split}/outlier_index" in weights:  # rows of the outlier channels, kept exact in fp32
+                weight = weight.copy()
+                weight[numpy_helper.to_array(weights[f"{split}/outlier_index"])] = value(f"{split}/outlier_weight")
+            state[f"{module}.weight"] = weight.T
+            add = nodes.get(f"/{prefix}/Add")
+            bias = [name for name in (add.input if add is not None else ()) if name in weights]
+            if bias:
+                state[f"{module}.bias"] = value(bias[0])
+    config = HugieConfig.from_pretrained(directory)
+    if hasattr(config, "onnx"):
+        del config.onnx  # describes the graph the weights came from, not the torch model
+    model = GlobalPointerModel(config)
+    expected = {name for name, _ in model.named_parameters()}
+    missing = sorted(expected - set(state))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise HugieError("E012", path=onnx_file, file=f"weights for {', '.join(missing[:3])}{more}")
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items() if k in expected},
+                          strict=False)
+    return model.eval()
+
+
+def torch_model_dir(directory: str | Path, work: str | Path) -> Path:
+    """A model directory with torch weights: ``directory`` itself when it has them, else its export's weights
+    (:func:`model_from_export`) saved under ``work`` beside its tokenizer, config and instruction templates."""
+    directory, target = Path(directory), Path(work) / "torch"
+    if (directory / "model.safetensors").exists() or (directory / "pytorch_model.bin").exists():
+        return directory
+    model_from_export(directory).save_pretrained(target)
+    for extra in ("tokenizer.json", "tokenizer_config.json"):
+        if (directory / extra).exists():
+            shutil.copyfile(directory / extra, target / extra)
+    log.info("%s has no torch weights: its ONNX weights were saved to %s", directory, target)
+    return target

@@ -159,6 +159,36 @@ def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_di
         Trainer(TrainConfig.from_file(path))
 
 
+def test_init_from_an_exported_directory_starts_at_its_onnx_weights(tmp_path, trained_model_dir):
+    import torch
+
+    from hugie.errors import HugieError
+    from hugie.export import export_model
+    from hugie.modeling import GlobalPointerModel
+
+    exported = export_model(trained_model_dir, tmp_path / "exported")  # ONNX only, as the embedded model ships
+    assert not (exported / "model.safetensors").exists()
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_records(20)), encoding="utf-8")
+    cfg = {"init_from": str(exported), "max_length": 64, "max_span_width": 16, "head_size": 16, "batch_size": 8,
+           "batch_tokens": 512, "max_steps": 1, "eval_every": 1000, "output_dir": str(tmp_path / "out"),
+           "datasets": [{"name": "syn", "path": str(data), "language": "zh"}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    trainer = Trainer(TrainConfig.from_file(path))
+    start = GlobalPointerModel.from_pretrained(trained_model_dir).state_dict()
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
+    trainer.train()
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+
+    from hugie.extractor import DEFAULT_MODEL_DIR
+
+    path.write_text(json.dumps({**cfg, "init_from": "hugie-small"}), encoding="utf-8")
+    with pytest.raises(HugieError, match="head_size is 16"):  # found by name, and checked like any other
+        Trainer(TrainConfig.from_file(path))
+    assert (DEFAULT_MODEL_DIR / "encoder.onnx").exists()
+
+
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_committed_training_configs_parse_and_their_label_maps_load(config):

