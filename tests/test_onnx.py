@@ -172,9 +172,11 @@ def test_int8_keeps_outlier_channels_fp32_and_stays_closer_to_fp32(random_model,
     batch = tiny_tokenizer.encode_pairs(pairs())
     ref = encoder_outputs(fp32, batch)
     mask = batch.attention_mask.astype(bool)
-    error = {d.name: max(float(np.abs(a - b)[mask].mean()) for a, b in zip(encoder_outputs(d, batch)[:2], ref[:2]))
+    # 7-bit weights: no CPU saturates them, so every machine computes the same int8 results
+    error = {d.name: max(float(np.abs(a - b)[mask].mean()) for a, b in zip(encoder_outputs(d, batch, bits=7)[:2],
+                                                                           ref[:2]))
              for d in (mixed, plain)}
-    assert error["mixed"] < error["plain"] / 1.5, error  # 7-bit weights (no VNNI): 0.0026 vs 0.0043
+    assert error["mixed"] < error["plain"] / 1.5, error  # measured 0.0026 vs 0.0043
 
 
 def test_higher_thresholds_reuse_the_loaded_session_and_match_a_fresh_one(exported):
