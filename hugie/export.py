@@ -279,7 +279,7 @@ def model_from_export(directory: str | Path):
     """The inverse of :func:`export_model`: rebuild the torch ``GlobalPointerModel`` from an exported directory,
     to fine-tune a model that ships only as ONNX (the embedded ``hugie-small`` among them). fp32 exports give back
     their exact weights; int8 ones their dequantized weights (outlier channels exact); fp16 ones their fp16
-    weights in float32. Every parameter must be found in the graph, or E012 names the first one missing."""
+    weights in float32. Every parameter must be found in the graph, or E012 names the missing ones."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

@@ -287,9 +287,8 @@ class Trainer:
     @staticmethod
     def _load_init(cfg: TrainConfig):
         """Model and tokenizer of a trained model directory, checked against the config's head."""
-        from hugie.modeling import GlobalPointerModel
-
         from hugie.extractor import DEFAULT_MODEL_DIR
+        from hugie.modeling import GlobalPointerModel
 
         path = resolve_from(cfg.root, os.path.expanduser(cfg.init_from))
         if not path.exists() and cfg.init_from == DEFAULT_MODEL_DIR.name:  # the embedded default, by name

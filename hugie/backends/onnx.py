@@ -213,5 +213,5 @@ class OnnxBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "providers": self.providers,
                 "onnxruntime": self._ort.__version__, "quantize": self.quantize, "fp32_matmuls": self.fp32_matmuls,
-                "outlier_channels": self.outlier_channels, "int8_weight_bits": self.int8_weight_bits, "span_scorer": self.scorer,
-                "custom_op_library": self.library}
+                "outlier_channels": self.outlier_channels, "int8_weight_bits": self.int8_weight_bits,
+                "span_scorer": self.scorer, "custom_op_library": self.library}
