@@ -284,6 +284,7 @@ def model_from_export(directory: str | Path):
     import onnx
     from onnx import numpy_helper
 
+    from .backends.onnx import quantization_initializers
     from .modeling import GlobalPointerModel, HugieConfig
 
     directory = Path(directory)
@@ -301,9 +302,8 @@ def model_from_export(directory: str | Path):
         """An initializer as float32; an int8 / uint8 one dequantized with its ``_scale`` and ``_zero_point``."""
         array = numpy_helper.to_array(weights[name])
         if array.dtype in (np.int8, np.uint8):
-            stem = name.removesuffix("_quantized")
-            scale = numpy_helper.to_array(weights[f"{stem}_scale"]).astype(np.float32)
-            zero = numpy_helper.to_array(weights[f"{stem}_zero_point"]).astype(np.float32)
+            scale, zero = (numpy_helper.to_array(init).astype(np.float32)
+                           for init in quantization_initializers(weights, name))
             return (array.astype(np.float32) - zero) * scale  # per tensor, or per output column (the last axis)
         return array.astype(np.float32)
 
@@ -352,11 +352,23 @@ def model_from_export(directory: str | Path):
     return model.eval()
 
 
+def load_model(directory: str | Path):
+    """The torch model of a model directory: its torch weights, or an export's (:func:`model_from_export`)."""
+    from .modeling import GlobalPointerModel, has_torch_weights
+
+    if has_torch_weights(directory):
+        return GlobalPointerModel.from_pretrained(directory)
+    log.info("%s has no torch weights: using its ONNX graph's weights", directory)
+    return model_from_export(directory)
+
+
 def torch_model_dir(directory: str | Path, work: str | Path) -> Path:
     """A model directory with torch weights: ``directory`` itself when it has them, else its export's weights
     (:func:`model_from_export`) saved under ``work`` beside its tokenizer, config and instruction templates."""
+    from .modeling import has_torch_weights
+
     directory, target = Path(directory), Path(work) / "torch"
-    if (directory / "model.safetensors").exists() or (directory / "pytorch_model.bin").exists():
+    if has_torch_weights(directory):
         return directory
     model_from_export(directory).save_pretrained(target)
     for extra in ("tokenizer.json", "tokenizer_config.json"):

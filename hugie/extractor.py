@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .errors import HugieError
 from .instructions import detect_language, templates
-from .modeling import HugieConfig
+from .modeling import HugieConfig, has_torch_weights
 from .scoring import logit, sigmoid
 from .tokenization import HugieTokenizer, TextTokens, pack_by_length
 from .types import Entity, Relation, Schema, SchemaResult, Span, validate_schema
@@ -133,7 +133,7 @@ class Extractor:
         config = HugieConfig.from_pretrained(path)
         tokenizer = HugieTokenizer.from_file(path / "tokenizer.json", max_length=config.max_seq_length)
         has_onnx = any(path.glob("*.onnx"))
-        has_torch = (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists()
+        has_torch = has_torch_weights(path)
         if backend == "auto":
             backend = "onnx" if has_onnx else "torch"
         if backend == "torch":

@@ -10,12 +10,22 @@ cross-entropy. Saved and loaded in HF format (``config.json`` + ``model.safetens
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from .instructions import default_templates_dict
+
+#: Weight files ``from_pretrained`` reads; a directory with neither is an export (ONNX only).
+TORCH_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def has_torch_weights(directory) -> bool:
+    """Whether ``directory`` holds torch weights (else it is an export: see ``hugie.export.model_from_export``)."""
+    return any((Path(directory) / name).exists() for name in TORCH_WEIGHT_FILES)
+
 
 # A finite mask value that survives fp16 (max 65504) even after a few additions.
 MASK_VALUE = -1.0e4

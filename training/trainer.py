@@ -287,8 +287,8 @@ class Trainer:
     @staticmethod
     def _load_init(cfg: TrainConfig):
         """Model and tokenizer of a trained model directory, checked against the config's head."""
+        from hugie.export import load_model
         from hugie.extractor import DEFAULT_MODEL_DIR
-        from hugie.modeling import GlobalPointerModel
 
         path = resolve_from(cfg.root, os.path.expanduser(cfg.init_from))
         if not path.exists() and cfg.init_from == DEFAULT_MODEL_DIR.name:  # the embedded default, by name
@@ -296,13 +296,7 @@ class Trainer:
         if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
             raise HugieError("E030", file=cfg.root, reason=f"init_from {path} is not a model directory "
                                                            "(config.json and tokenizer.json expected)")
-        if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
-            model = GlobalPointerModel.from_pretrained(path)
-        else:  # an exported directory (e.g. the embedded hugie-small): its ONNX weights, dequantized
-            from hugie.export import model_from_export
-
-            model = model_from_export(path)
-            log.info("init_from %s has no torch weights: starting from its ONNX graph's weights", path)
+        model = load_model(path)  # an export (e.g. the embedded hugie-small): its ONNX weights, dequantized
         for key in ("head_size", "max_span_width"):
             if getattr(model.config, key) != getattr(cfg, key):
                 raise HugieError("E030", file=cfg.root, reason=f"{key} is {getattr(cfg, key)} but the "

@@ -63,6 +63,13 @@ def int8_weight_bits() -> int:
     return 8 if VNNI_FLAGS & set(flags) else 7
 
 
+def quantization_initializers(initializers: dict, name: str) -> tuple:
+    """The ``_scale`` and ``_zero_point`` initializers of onnxruntime's quantized weight ``NAME_quantized``
+    (None where absent)."""
+    stem = name.removesuffix("_quantized")
+    return initializers.get(f"{stem}_scale"), initializers.get(f"{stem}_zero_point")
+
+
 def narrow_int8_weights(model, bits: int = 7) -> int:
     """Requantize, in place, the symmetric int8 weights of ``model``'s MatMulInteger and QAttention nodes to
     ``bits`` bits (q → round(q / 2^(8 - bits)), scale × 2^(8 - bits)). Returns how many weights changed."""
@@ -76,8 +83,7 @@ def narrow_int8_weights(model, bits: int = 7) -> int:
     names = {node.input[1] for node in model.graph.node if node.op_type in ("MatMulInteger", "QAttention")}
     changed = 0
     for name in sorted(names):
-        stem = name.removesuffix("_quantized")
-        weight, scale, zero = inits.get(name), inits.get(f"{stem}_scale"), inits.get(f"{stem}_zero_point")
+        weight, (scale, zero) = inits.get(name), quantization_initializers(inits, name)
         if weight is None or scale is None or zero is None:
             continue
         q = numpy_helper.to_array(weight)
