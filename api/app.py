@@ -1,6 +1,7 @@
 """The HTTP service: ``create_app()`` builds a FastAPI app around one Extractor.
 
-Endpoints: ``POST /extract``, ``POST /extract/batch``, ``GET /health``, ``GET /ready``,
+Endpoints: ``POST /extract`` (an instruction, entity types or a schema), ``POST /extract/batch``,
+``GET /health``, ``GET /ready``,
 ``GET /metrics``, ``GET /info``; OpenAPI docs at ``/docs``. The model loads (and warms up) in the
 background from the lifespan, so ``/health`` answers at once and ``/ready`` turns 200 when the
 model can serve. Every error response is ``{"error": {"code", "message", "request_id"}}``.
@@ -37,12 +38,13 @@ from starlette.requests import ClientDisconnect
 
 from hugie import __version__
 from hugie.errors import HugieError
-from hugie.types import (BatchRequest, BatchResponse, ErrorBody, ExtractRequest, ExtractResponse,
-                         SchemaResponse, SpanResponse)
+from hugie.limits import LIMIT_STATUS
+from hugie.types import BatchRequest, BatchResponse, ErrorBody, ExtractRequest, ExtractResult
 
 from .batching import MicroBatcher
 from .errors import API_MESSAGES, ApiError, error_response
 from .metrics import Metrics
+from .openapi import tighten
 from .settings import Settings
 
 log = logging.getLogger("hugie.api")
@@ -52,6 +54,9 @@ request_id_var: ContextVar[str | None] = ContextVar("hugie_request_id", default=
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CATALOGUED = re.compile(r"E\d{3}")
+LINGER_S, LINGER_BYTES = 10.0, 64 * 1024 * 1024  # how long and how much of an oversize body is read and dropped
+PROTECTED = ("/extract", "/extract/batch", "/info")  # paths that need the API key when one is set
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _VERSIONED = ("fastapi", "uvicorn", "pydantic", "torch", "transformers", "onnxruntime", "onnxruntime-gpu")
 ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (401, 413, 422, 503, 504)}
@@ -91,7 +96,8 @@ class ServiceState:
             self.batcher = MicroBatcher(self.extractor, self.executor, max_batch=s.max_batch,
                                         max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                                         concurrency=s.executor_threads, retry_after_s=s.retry_after_s,
-                                        metrics=self.metrics)
+                                        metrics=self.metrics, limits=s.request_limits(),
+                                        fast_lane_chars=s.fast_lane_chars)
             self.batcher.start()
             self.phase = "ready"
             log.info("model ready: %s", self.extractor.model_path)
@@ -101,10 +107,18 @@ class ServiceState:
             log.exception("model failed to load")
 
     def _warmup(self) -> None:
-        from hugie.instructions import templates
+        self.extractor.extract_entities("张三去了北京。", ["人名"])
 
-        tmpl = templates("zh", self.extractor.config.instructions)
-        self.extractor.extract(tmpl.for_entity("人名"), "张三去了北京。")
+    def check_key(self, scope) -> None:
+        """401 (E105) for a protected path without the API key, when one is set."""
+        if self.settings.api_key is None or scope["path"].rstrip("/") not in PROTECTED:
+            return
+        headers = Headers(scope=scope)
+        given = headers.get("x-api-key")
+        if given is None and headers.get("authorization", "").lower().startswith("bearer "):
+            given = headers["authorization"][7:].strip()
+        if not key_matches(given, self.settings.api_key.get_secret_value()):
+            raise ApiError(401, "E105", headers={"WWW-Authenticate": 'Bearer realm="hugie"'})
 
     def require_ready(self) -> MicroBatcher:
         if self.phase == "ready" and self.batcher is not None:
@@ -150,13 +164,19 @@ class ServiceMiddleware:
 
         metrics.inflight.inc()
         try:
+            self.state.check_key(scope)  # before the body is read or validated
             receive = await self._limit_body(scope, receive)
             await self.app(scope, receive, send_with_id)
-        except ApiError as exc:  # raised here (body limit), before the app ran
+        except ApiError as exc:  # raised here (auth, body limit), before the app ran
             await _send_error(exc.status, exc.code, exc.message, rid, exc.headers, metrics, scope, receive,
                               send_with_id)
         except ClientDisconnect:  # nobody left to answer
             response["status"] = 499
+        except asyncio.CancelledError:  # shutdown went past its grace period: a retryable answer, not a bare 500
+            if not response["started"]:
+                headers = {"Retry-After": str(self.state.settings.retry_after_s)}
+                await _send_error(503, "E111", API_MESSAGES["E111"], rid, headers, metrics, scope, receive,
+                                  send_with_id)
         except Exception as exc:  # noqa: BLE001 - an error body instead of a bare 500
             log.exception("request_id=%s unhandled error", rid)
             if not response["started"]:
@@ -167,7 +187,7 @@ class ServiceMiddleware:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
-            metrics.requests.labels(scope["method"], label, str(response["status"])).inc()
+            metrics.requests.labels(metrics.method_label(scope["method"]), label, str(response["status"])).inc()
             metrics.latency.labels(label).observe(elapsed)
             log.info("request_id=%s %s %s %d %.1fms", rid, scope["method"], scope["path"], response["status"],
                      elapsed * 1000)
@@ -180,6 +200,7 @@ class ServiceMiddleware:
         limit = self.state.settings.max_body_bytes
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _discard_body(receive)
             raise ApiError(413, "E101", value=int(declared), limit=limit)
         chunks, total = [], 0
         while True:
@@ -192,6 +213,8 @@ class ServiceMiddleware:
             body = message.get("body", b"")
             total += len(body)
             if total > limit:
+                if message.get("more_body", False):
+                    await _discard_body(receive)
                 raise ApiError(413, "E101", value=f"at least {total}", limit=limit)
             chunks.append(body)
             if not message.get("more_body", False):
@@ -208,9 +231,28 @@ class ServiceMiddleware:
         return replay
 
 
+async def _discard_body(receive, seconds: float = LINGER_S, most: int = LINGER_BYTES) -> None:
+    """Read and drop the rest of a body that will not be served (for at most ``seconds`` and ``most`` bytes), so
+    a client still sending it gets the 413 instead of a connection reset."""
+    deadline = time.monotonic() + seconds
+    read = 0
+    try:
+        while read < most and (left := deadline - time.monotonic()) > 0:
+            message = await asyncio.wait_for(receive(), left)
+            read += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+    except asyncio.TimeoutError:
+        return
+
+
 async def _send_error(status, code, message, rid, headers, metrics, scope, receive, send) -> None:
     metrics.errors.labels(code).inc()
     await error_response(status, code, message, rid, headers)(scope, receive, send)
+
+
+def key_matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 def _validation_details(exc: RequestValidationError) -> str:
@@ -255,7 +297,8 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         _fix_mmap_threshold()
-        state.executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="hugie-model")
+        threads = settings.executor_threads + (1 if settings.fast_lane_chars > 0 else 0)  # + the fast lane's
+        state.executor = ThreadPoolExecutor(threads, thread_name_prefix="hugie-model")
         loading = asyncio.create_task(state.load())
         try:
             yield
@@ -269,11 +312,11 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
     app.state.hugie = state
 
     def openapi() -> dict:
-        """FastAPI's schema, with SchemaResponse's two lists required (they are always sent): else every
-        ``{"spans": ...}`` answer also matches SchemaResponse and breaks the response's ``oneOf``."""
+        """FastAPI's schema, with SchemaResult's two lists required (they are always sent): else every
+        ``{"spans": ...}`` answer also matches SchemaResult and breaks the response's ``oneOf``."""
         if app.openapi_schema is None:
-            spec = FastAPI.openapi(app)
-            component = spec.get("components", {}).get("schemas", {}).get("SchemaResponse")
+            spec = tighten(FastAPI.openapi(app), settings)
+            component = spec.get("components", {}).get("schemas", {}).get("SchemaResult")
             if component is not None:
                 component["required"] = ["entities", "relations"]
         return app.openapi_schema
@@ -292,10 +335,14 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
 
     @app.exception_handler(HugieError)
     async def _hugie_error(request: Request, exc: HugieError):
-        return _error(request, 422, exc.code, exc.message)
+        return _error(request, LIMIT_STATUS.get(exc.code, 422), exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        if _CATALOGUED.fullmatch(str(first.get("type", ""))):  # a request rule of the library: its own code
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+            return _error(request, 422, first["type"], f"{where}: {first['msg']}" if where else first["msg"])
         return _error(request, 422, "E107", API_MESSAGES["E107"].format(details=_validation_details(exc)))
 
     @app.exception_handler(StarletteHTTPException)
@@ -309,10 +356,10 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
 
     async def require_api_key(key: str | None = Security(api_key_header),
-                              cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        expected = settings.api_key.get_secret_value().encode("utf-8")
+                              cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+        """The OpenAPI side of auth (the middleware checks the key before the body is read)."""
         given = key if key is not None else (cred.credentials if cred is not None else None)
-        if given is None or not hmac.compare_digest(given.encode("utf-8"), expected):
+        if not key_matches(given, settings.api_key.get_secret_value()):
             raise ApiError(401, "E105", headers={"WWW-Authenticate": 'Bearer realm="hugie"'})
 
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
@@ -323,6 +370,7 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
             raise ApiError(413, "E100", field=f"{where}text", value=len(item.text), limit=settings.max_text_chars,
                            setting="HUGIE_MAX_TEXT_CHARS")
         asked = [("instruction", item.instruction)] if item.instruction is not None else []
+        asked += [(f"entities[{i}]", e) for i, e in enumerate(item.entities or [])]
         if item.schema_ is not None:
             asked += [(f"schema.entities[{i}]", e) for i, e in enumerate(item.schema_.entities)]
             for i, r in enumerate(item.schema_.relations):
@@ -341,13 +389,7 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
                                                     f"character {bad.start()} is not valid Unicode")
 
     async def run_item(batcher: MicroBatcher, item: ExtractRequest, reserved: bool = False):
-        if item.instruction is not None:
-            spans = await batcher.extract([(item.instruction, item.text)], item.threshold, item.top_k,
-                                          reserved=reserved)
-            return SpanResponse(spans=spans[0])
-        result = await batcher.extract_schema(item.text, item.schema_, item.threshold, item.top_k,
-                                              reserved=reserved)
-        return SchemaResponse(entities=result.entities, relations=result.relations)
+        return (await batcher.run([item], reserved=reserved))[0]
 
     async def with_timeout(awaitable):
         try:
@@ -356,8 +398,9 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
             raise ApiError(504, "E104", limit=settings.request_timeout_s) from None
 
     # ------------------------------------------------------------------ routes
-    @app.post("/extract", response_model=ExtractResponse, dependencies=protected, responses=ERROR_RESPONSES,
-              summary="Spans for an instruction, or entities and relations for a schema")
+    @app.post("/extract", response_model=ExtractResult, dependencies=protected, responses=ERROR_RESPONSES,
+              summary="Spans for an instruction, spans per type for entity types, or entities and relations "
+                      "for a schema")
     async def extract(item: ExtractRequest):
         batcher = state.require_ready()
         check_limits(item)
@@ -408,8 +451,10 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
     async def info():
         out = {"ready": state.phase == "ready", "phase": state.phase, "versions": _versions(),
                "service": {k: getattr(settings, k) for k in (
-                   "max_batch", "max_wait_ms", "max_queue", "executor_threads", "max_text_chars",
-                   "max_instruction_chars", "max_batch_items", "max_body_bytes", "request_timeout_s")}}
+                   "max_batch", "max_wait_ms", "max_queue", "executor_threads", "fast_lane_chars", "max_text_chars",
+                   "max_instruction_chars", "max_entity_types", "max_relations", "max_subjects", "max_spans",
+                   "min_subject_threshold", "max_pass_chars", "max_batch_items", "max_body_bytes",
+                   "request_timeout_s")}}
         out["service"]["auth"] = settings.api_key is not None
         if state.extractor is not None and state.phase == "ready":
             details = state.extractor.info()
@@ -424,4 +469,8 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(ServiceMiddleware, state=state)
+    if settings.ui:  # the demo page (api/ui.py): static files, at /ui/ and / redirecting there
+        from .ui import ui_router
+
+        app.include_router(ui_router())
     return app

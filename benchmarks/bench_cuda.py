@@ -50,7 +50,7 @@ def main() -> None:
 
     rows = {}
     for device, ex in engines.items():
-        lat = timed(lambda: ex.extract(INSTRUCTION, TEXT), args.requests, warmup=10)
+        lat = timed(lambda ex=ex: ex.extract(INSTRUCTION, TEXT), args.requests, warmup=10)
         batch = [(INSTRUCTION, TEXT)] * args.batch
         ex.extract(batch)
         start = time.perf_counter()

@@ -118,11 +118,11 @@ def main() -> None:
     # Engines take turns in rounds, so drifting machine load affects every engine alike.
     latencies = {name: [] for name in engines}
     rounds = max(1, args.requests // 10)
-    for name, ex in engines.items():
-        timed(lambda: ex.extract(INSTRUCTION, TEXT), 0, warmup=3)
+    for ex in engines.values():
+        timed(lambda ex=ex: ex.extract(INSTRUCTION, TEXT), 0, warmup=3)
     for _ in range(rounds):
         for name, ex in engines.items():
-            latencies[name] += timed(lambda: ex.extract(INSTRUCTION, TEXT), args.requests // rounds, warmup=0)
+            latencies[name] += timed(lambda ex=ex: ex.extract(INSTRUCTION, TEXT), args.requests // rounds, warmup=0)
     for name, ex in engines.items():
         lat = latencies[name]
         pairs = [(INSTRUCTION, TEXT)] * args.batch
@@ -132,7 +132,7 @@ def main() -> None:
         rows[name] = {"p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99), "passes_per_s": thr}
 
     baseline = HugIERecipe().eval()
-    lat = timed(lambda: hugie_recipe_request(baseline, n_tokens), args.baseline_requests, warmup=1)
+    lat = timed(lambda baseline=baseline: hugie_recipe_request(baseline, n_tokens), args.baseline_requests, warmup=1)
     rows["HugIE recipe (BERT-large, pad 512, dense L×L)"] = {"p50_ms": statistics.median(lat), "p99_ms": pct(lat, 99),
                                                            "passes_per_s": 1000 / statistics.median(lat)}
     del baseline

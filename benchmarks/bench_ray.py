@@ -56,7 +56,7 @@ def write_docs(path: Path, n: int) -> Path:
 
     recs = synthetic_records(n, seed=1)
     with open(path, "w", encoding="utf-8") as fh:
-        for i, r in enumerate(recs):  # a few sentences per document
+        for i in range(len(recs)):  # a few sentences per document
             text = "".join(recs[(i + k) % n]["text"] for k in range(4))
             fh.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
     return path
@@ -75,11 +75,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
+    import ray
     import torch
 
-    import ray
-
-    from hugie.batch import LocalRunner, run_batch
+    from hugie.batch import LocalRunner, batch_task, run_batch
     from hugie.distributed import run_batch_ray
     from hugie.extractor import Extractor
 
@@ -91,7 +90,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     ex = Extractor.load(model, backend="torch", device="cpu")
     t = time.perf_counter()
-    local = run_batch(str(src), work / "local.jsonl", LocalRunner(ex, INSTRUCTION), batch_size=args.batch_size,
+    task = batch_task(instruction=INSTRUCTION)
+    local = run_batch(str(src), work / "local.jsonl", LocalRunner(ex, task), batch_size=args.batch_size,
                       progress=False)
     local_s = time.perf_counter() - t
 
@@ -100,7 +100,7 @@ def main() -> None:
     init_s = time.perf_counter() - t
     per_actor = max(1, args.cores // args.workers)
     t = time.perf_counter()
-    remote = run_batch_ray(str(src), work / "ray.jsonl", instruction=INSTRUCTION, model=str(model), backend="torch",
+    remote = run_batch_ray(str(src), work / "ray.jsonl", task=task, model=str(model), backend="torch",
                            device="cpu", batch_size=args.batch_size, workers=args.workers, progress=False,
                            cpus_per_worker=per_actor)
     ray_s = time.perf_counter() - t

@@ -220,7 +220,9 @@ def report(args, result: dict, rss: dict, counts: Counter, model_desc: str, serv
         growth = (rss["after"] - rss["before"]) / rss["before"] * 100
     ratio = p99 / p50 if p50 and p50 == p50 else float("nan")
     goals = {"errors": errs == 0, "rss": growth is not None and growth < 5.0, "tail": ratio <= 3.0}
-    fmt_rss = (lambda v: f"{v:.1f}" if v is not None else "n/a")
+
+    def fmt_rss(v) -> str:
+        return f"{v:.1f}" if v is not None else "n/a"
 
     def verdict(key: str) -> str:
         return "PASS" if goals[key] else "FAIL"

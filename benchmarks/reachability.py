@@ -26,7 +26,8 @@ def main() -> None:
         recs = list(read_jsonl(path))
         n = sum(len({(e.start, e.end) for e in r.entities}
                     | {(x.start, x.end) for rel in r.relations for x in (rel.subject, rel.object)}) for r in recs)
-        print(f"| {Path(path).parent.name} | {Path(path).stem} | {n} | {reachable_fraction(tok, recs, args.width):.3f} |")
+        share = reachable_fraction(tok, recs, args.width)
+        print(f"| {Path(path).parent.name} | {Path(path).stem} | {n} | {share:.3f} |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import json
 
 from hugie.data import apply_label_map, load_label_map, read_jsonl
-from hugie.evaluation import gold_schema, predict_relations, prf, score_relations
+from hugie.evaluation import gold_predicates, predict_relations, prf, score_relations
 from hugie.extractor import Extractor, decode_entities
 from hugie.instructions import detect_language, templates
 from hugie.types import Span
@@ -46,7 +46,7 @@ def decoded(spans: set, threshold: float, *, flat: bool, one_type: bool) -> set:
 
 def sweep_relations(args, records, thresholds: list[float]) -> None:
     """Relation triples F1 per object threshold; subjects at each model's own threshold."""
-    schema = gold_schema(records)
+    schema = gold_predicates(records)
     report = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
@@ -57,7 +57,8 @@ def sweep_relations(args, records, thresholds: list[float]) -> None:
         print(f"\n{name}: {len(records)} records, relation triples; best object threshold {best}")
         print("| relation threshold | P | R | F1 | tp / predicted / gold |")
         for thr, r in rows.items():
-            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} | {r['tp']} / {r['predicted']} / {r['gold']} |")
+            counts = f"{r['tp']} / {r['predicted']} / {r['gold']}"
+            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} | {counts} |")
     print(json.dumps(report))
 
 
@@ -74,7 +75,8 @@ def main() -> None:
     args = ap.parse_args()
     thresholds = sorted(float(x) for x in args.thresholds.split(","))
     mapping = load_label_map(args.label_map) if args.label_map else None
-    records = [apply_label_map(r, mapping) if mapping else r for r in read_jsonl(args.data)][args.skip: args.skip + args.limit]
+    records = [apply_label_map(r, mapping) if mapping else r for r in read_jsonl(args.data)]
+    records = records[args.skip: args.skip + args.limit]
     if args.task == "re":
         return sweep_relations(args, records, thresholds)
     types = sorted({e.type for r in records for e in r.entities})
@@ -102,7 +104,8 @@ def main() -> None:
               + (" agreement F1 |" if args.reference and name != args.reference else ""))
         for thr, r in rows.items():
             extra = f" {r['agreement_f1']} |" if "agreement_f1" in r else ""
-            print(f"| {thr} | {r['precision']} | {r['recall']} | {r['f1']} | {r['one_type_f1']} | {r['flat_f1']} |{extra}")
+            scores = f"{r['precision']} | {r['recall']} | {r['f1']} | {r['one_type_f1']} | {r['flat_f1']}"
+            print(f"| {thr} | {scores} |{extra}")
     print(json.dumps({k: v["best_threshold"] for k, v in report.items()}))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 
 from .errors import HugieError  # noqa: E402
 from .types import Entity, Relation, Schema, SchemaResult, Span  # noqa: E402
@@ -11,7 +11,7 @@ __all__ = ["Entity", "Extractor", "HugieError", "Relation", "Schema", "SchemaRes
 
 
 def __getattr__(name):
-    # torch/transformers load lazily, so `import hugie` (e.g. for the SDK types) stays light
+    # the Extractor (onnxruntime, tokenizers, jieba) loads lazily, so `import hugie` (the SDK types) stays light
     if name == "Extractor":
         from .extractor import Extractor
 

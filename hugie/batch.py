@@ -1,10 +1,11 @@
-"""``hugie batch``: run one instruction or schema over a file of documents, resumably.
+"""``hugie batch``: run one instruction, list of entity types or schema over a file of documents, resumably.
 
 Inputs: ``.jsonl`` (text/id fields), ``.txt`` (one document per line; id = line number),
 ``.csv`` / ``.tsv`` (text/id columns), ``.parquet`` (text/id columns; id = row number; needs
 pyarrow), or ``-`` for stdin; a path may also be an fsspec URL (``s3://…``, ``gs://…``, ``https://…``).
-Output: JSONL, one record per input document, ``{"id": ..., "spans": [...]}`` (instruction) or
-``{"id": ..., "entities": [...], "relations": [...]}`` (schema), in input order and flushed as it goes.
+Output: JSONL, one record per input document: its id and the result of its request
+(``{"id": ..., "spans": [...]}``, ``{"id": ..., "entities": {type: [...]}}`` or ``{"id": ...,
+"entities": [...], "relations": [...]}``), in input order and flushed as it goes.
 ``hugie batch --engine ray`` runs the same on a Ray cluster (see ``hugie.distributed``).
 
 Records that cannot be processed (invalid JSON, missing or non-string text, duplicate id, an
@@ -12,25 +13,40 @@ input the model rejects) go to the errors file with their line number and reason
 
 ``resume=True`` continues after a crash: ids already in the output and lines already in the
 errors file are skipped, and a torn last line (the write the crash interrupted) is cut off, so
-every input record ends up exactly once in the output or the errors file.
+every input record ends up exactly once in the output or the errors file. A run holds an exclusive
+lock on its output (``flock``), so a second run on the same output fails at once (E037).
+
+File problems (a missing or unreadable input, a directory, a UTF-16 file, an output that cannot be
+written) are catalogued errors raised by :func:`claim_files` before any model loads; a UTF-8 BOM
+is skipped.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .errors import HugieError
-from .types import Schema, validate_schema
+from .types import Schema, as_request
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no output lock
+    fcntl = None
 
 log = logging.getLogger("hugie.batch")
 
@@ -126,29 +142,60 @@ class Cursor:
     columns: list[str] | None = None
 
 
+BOM = b"\xef\xbb\xbf"
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"), (b"\xff\xfe", "UTF-16-LE"),
+              (b"\xfe\xff", "UTF-16-BE"))
+
+
+def encoding_problem(head: bytes) -> str | None:
+    """Why a file starting with ``head`` is not UTF-8 text (a UTF-16/32 byte-order mark, NUL bytes in the
+    first KB), naming the encoding it looks like; None when it may well be UTF-8."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return f"it starts with a {name} byte-order mark (iconv -f {name} -t UTF-8 converts it)"
+    head = head[:1024]
+    if b"\x00" not in head:
+        return None
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    guess = "UTF-16-LE" if odd > 2 * even else "UTF-16-BE" if even > 2 * odd else None
+    return (f"it has NUL bytes in its first KB, as {guess} without a byte-order mark would" if guess
+            else "it has NUL bytes in its first KB (a binary file?)")
+
+
 def _binary_lines(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-    """Raw lines (with their end of line) from byte ``start`` to the first line starting at or after ``end``."""
+    """Raw lines (with their end of line) from byte ``start`` to the first line starting at or after ``end``;
+    E036 when the file starts like UTF-16 rather than UTF-8."""
     if path == "-":
-        yield from sys.stdin.buffer
-        return
-    with open_binary(path) as fh:
+        fh, close = sys.stdin.buffer, False
+    else:
+        fh, close = open_binary(path), True
+    try:
         if start:
             fh.seek(start)
         pos = start
         for raw in fh:
             if end is not None and pos >= end:
                 return
+            if pos == 0 and (why := encoding_problem(raw)):
+                raise HugieError("E036", file=input_label(path) if path == "-" else path, reason=why)
             pos += len(raw)
             yield raw
+    finally:
+        if close:
+            fh.close()
 
 
-def _numbered(raws: Iterator[bytes], first_line: int, cursor: Cursor | None) -> Iterator[tuple[int, bytes]]:
+def _numbered(raws: Iterator[bytes], first_line: int, cursor: Cursor | None,
+              at_start: bool) -> Iterator[tuple[int, bytes]]:
+    """``(line, raw)``; a UTF-8 BOM is cut from the file's first line (``at_start``) once counted."""
     line = first_line - 1
     for raw in raws:
         line += 1
         if cursor is not None:
             cursor.pos += len(raw)
             cursor.line = line
+        if at_start:
+            raw, at_start = raw.removeprefix(BOM), False
         yield line, raw
 
 
@@ -176,7 +223,7 @@ def _read_jsonl(path: str, text_field: str, id_field: str, start: int = 0, end: 
                 first_line: int = 1, cursor: Cursor | None = None,
                 name: str | None = None) -> Iterator[Record | BadRecord]:
     name = name or path
-    for line, raw in _numbered(_binary_lines(path, start, end), first_line, cursor):
+    for line, raw in _numbered(_binary_lines(path, start, end), first_line, cursor, start == 0):
         decoded = _decode(raw, line, name)
         if isinstance(decoded, BadRecord):
             yield decoded
@@ -215,7 +262,7 @@ def _read_jsonl(path: str, text_field: str, id_field: str, start: int = 0, end: 
 def _read_txt(path: str, start: int = 0, end: int | None = None, first_line: int = 1,
               cursor: Cursor | None = None, name: str | None = None) -> Iterator[Record | BadRecord]:
     name = name or path
-    for line, raw in _numbered(_binary_lines(path, start, end), first_line, cursor):
+    for line, raw in _numbered(_binary_lines(path, start, end), first_line, cursor, start == 0):
         decoded = _decode(raw, line, name)
         if isinstance(decoded, BadRecord):
             yield decoded
@@ -228,15 +275,16 @@ _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 def _text_lines(raws: Iterator[bytes], cursor: Cursor, end: int | None = None) -> Iterator[str]:
     r"""Lines as ``open(newline="")`` gives them (ends kept; ``\n``, ``\r\n`` or a lone ``\r``), counted,
-    up to the first one starting at or after byte ``end``."""
+    up to the first one starting at or after byte ``end``; a UTF-8 BOM at byte 0 is cut off once counted."""
     for raw in raws:
         for piece in (_LONE_CR.split(raw) if b"\r" in raw else (raw,)):
             if end is not None and cursor.pos >= end:
                 return
             if piece:
+                at_start = cursor.pos == 0
                 cursor.pos += len(piece)
                 cursor.line += 1
-                yield piece.decode("utf-8", errors="surrogateescape")
+                yield (piece.removeprefix(BOM) if at_start else piece).decode("utf-8", errors="surrogateescape")
 
 
 def _read_table(path: str, delimiter: str, text_field: str, id_field: str, start: int = 0, end: int | None = None,
@@ -341,9 +389,7 @@ def read_inputs(path: str, fmt: str = "auto", text_field: str = "text", id_field
     of the input, as cut by the Ray engine from a ``cursor`` that a full read kept up to date;
     ``name``: how messages spell the file (default ``path``).
     """
-    if not input_exists(path):
-        raise HugieError("E024", file=path)
-    fmt = detect_format(path, fmt)
+    fmt = check_input(path, fmt)
     if cursor is not None:
         cursor.pos, cursor.line = start, first_line - 1
     if fmt == "jsonl":
@@ -424,60 +470,196 @@ def errors_path_for(output: str | Path) -> Path:
     return output.with_name((output.stem if output.suffix else output.name) + ".errors.jsonl")
 
 
-# ---------------------------------------------------------------------- runners
-class LocalRunner:
-    """Runs an in-process Extractor."""
+# ---------------------------------------------------------------------- file checks and the output lock
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
-    def __init__(self, extractor, instruction: str | None = None, schema: dict | Schema | None = None,
-                 threshold: float | None = None, top_k: int | None = None):
-        self.extractor, self.instruction, self.schema = extractor, instruction, schema
-        self.threshold, self.top_k = threshold, top_k
+
+def check_input(path: str, fmt: str = "auto") -> str:
+    """The input's format, once it is known to exist and be readable UTF-8 (local files: the first KB
+    is checked); E024 / E033 / E034 / E036 / E022 otherwise."""
+    local = path != "-" and not is_url(path)
+    if local and Path(path).is_dir():
+        raise HugieError("E033", file=path, role="input")
+    if not input_exists(path):
+        raise HugieError("E024", file=path)
+    fmt = detect_format(path, fmt)
+    if local:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1024)
+        except OSError as exc:
+            raise HugieError("E034", file=path, role="input", reason=_reason(exc)) from exc
+        if fmt != "parquet" and (why := encoding_problem(head)):
+            raise HugieError("E036", file=path, reason=why)
+    return fmt
+
+
+def _writable(path: Path, role: str) -> None:
+    """E033 / E035 unless ``path`` (and its directory) can be created and appended to."""
+    if path.is_dir():
+        raise HugieError("E033", file=path, role=role)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise HugieError("E035", file=path, role=role, reason=_reason(exc)) from exc
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+_HELD: dict[Path, list] = {}  # output -> [thread id, depth] of the locks this process holds
+
+
+@contextmanager
+def output_lock(output: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``output`` (created if need be; removed again if this call created it
+    and the run failed before writing to it). Another run on it fails at once with E037; the same thread
+    may take it again (the CLI takes it before loading the model, then :func:`run_batch` does)."""
+    output = Path(output)
+    if output.is_dir():
+        raise HugieError("E033", file=output, role="output")
+    key = output.absolute()
+    held = _HELD.get(key)
+    if held is not None and held[0] == threading.get_ident():
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    created = not output.exists()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise HugieError("E035", file=output, role="output", reason=_reason(exc)) from exc
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                replaced = os.stat(output).st_ino != os.fstat(fd).st_ino  # removed by the run that held it
+            except (BlockingIOError, FileNotFoundError):
+                replaced = True
+            except OSError as exc:  # a file system without locks
+                raise HugieError("E035", file=output, role="output", reason=f"cannot lock it: {_reason(exc)}") from exc
+            if replaced:
+                raise HugieError("E037", file=output)
+        _HELD[key] = [threading.get_ident(), 1]
+        try:
+            yield
+        except BaseException:
+            if created and os.fstat(fd).st_size == 0:
+                output.unlink(missing_ok=True)
+            raise
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def locks_output(run: Callable) -> Callable:
+    """Decorator for ``run(input, output, ...)``: hold :func:`output_lock` on ``output`` for the whole call."""
+
+    @functools.wraps(run)
+    def locked(input, output, *args, **kwargs):
+        with output_lock(output):
+            return run(input, output, *args, **kwargs)
+
+    return locked
+
+
+@contextmanager
+def claim_files(input: str, output: str | Path, errors_file: str | Path | None = None, *, fmt: str = "auto",
+                resume: bool = False, overwrite: bool = False) -> Iterator[str]:
+    """Check every file of a run and hold the output lock while inside; yields the input format.
+
+    Raises the catalogued error of the first problem (input missing, a directory, unreadable, not
+    UTF-8; output or errors file not writable, a directory, the same file as another, the output
+    locked by another run or holding an earlier run's records) — call it before loading a model."""
+    output = Path(output)
+    errors_file = Path(errors_file) if errors_file else errors_path_for(output)
+    fmt = check_input(input, fmt)
+    if _same_file(input, output):
+        raise HugieError("E038", file=output, role="output", other="input")
+    with output_lock(output):
+        check_output(output, resume, overwrite)
+        if _same_file(errors_file, output):
+            raise HugieError("E038", file=errors_file, role="errors file", other="output")
+        if _same_file(errors_file, input):
+            raise HugieError("E038", file=errors_file, role="errors file", other="input")
+        created = not errors_file.exists()
+        _writable(errors_file, "errors file")
+        try:
+            yield fmt
+        except BaseException:
+            if created and errors_file.is_file() and not errors_file.stat().st_size:  # as for the output
+                errors_file.unlink(missing_ok=True)
+            raise
+
+
+# ---------------------------------------------------------------------- runners
+def batch_task(*, instruction: str | None = None, entities: Sequence[str] | None = None,
+               schema: dict | Schema | None = None, **options) -> dict:
+    """The request fields every document of a run shares (all but ``text``): exactly one of
+    ``instruction``, ``entities``, ``schema``, and options (``threshold``, ``top_k``, ``language``,
+    ``one_type_per_span``, ``flat_ner``, ``relation_threshold``) that are not None. Validated here,
+    so a bad task fails with its catalogued error before any model loads."""
+    if isinstance(schema, Schema):
+        schema = schema.model_dump(exclude_defaults=True)
+    fields = {"instruction": instruction, "entities": None if entities is None else list(entities),
+              "schema": schema, **options}
+    task = {k: v for k, v in fields.items() if v is not None}
+    as_request({**task, "text": ""})
+    return task
+
+
+def _requests(task: dict, texts: Sequence[str]) -> list[dict]:
+    return [{**task, "text": t} for t in texts]
+
+
+class LocalRunner:
+    """Runs a batch :func:`batch_task` through an in-process Extractor."""
+
+    def __init__(self, extractor, task: dict):
+        self.extractor, self.task = extractor, task
 
     def __call__(self, texts: Sequence[str]) -> list[dict]:
-        kw = dict(threshold=self.threshold, top_k=self.top_k)
-        if self.instruction is not None:
-            spans = self.extractor.extract([(self.instruction, t) for t in texts], **kw)
-            return [{"spans": [s.model_dump() for s in r]} for r in spans]
-        return [self.extractor.extract_schema(t, self.schema, **kw) for t in texts]
+        return [r.model_dump() for r in self.extractor.run(_requests(self.task, texts))]
 
 
 class RemoteRunner:
-    """Sends the documents to a running ``hugie serve`` through the SDK."""
+    """Sends a batch :func:`batch_task` to a running ``hugie serve`` through the SDK."""
 
-    def __init__(self, client, instruction: str | None = None, schema: dict | Schema | None = None,
-                 threshold: float | None = None, top_k: int | None = None):
-        self.client, self.instruction = client, instruction
-        self.schema = schema.model_dump() if isinstance(schema, Schema) else schema
-        self.threshold, self.top_k = threshold, top_k
+    def __init__(self, client, task: dict):
+        self.client, self.task = client, task
 
     def __call__(self, texts: Sequence[str]) -> list[dict]:
-        if self.instruction is not None:
-            items = [{"instruction": self.instruction, "text": t} for t in texts]
-        else:
-            items = [{"schema": self.schema, "text": t} for t in texts]
-        out = []
-        for r in self.client.extract_batch(items, threshold=self.threshold, top_k=self.top_k):
-            out.append({"spans": [s.model_dump() for s in r]} if isinstance(r, list) else r.model_dump())
-        return out
+        return [r.model_dump() for r in self.client.run(_requests(self.task, texts))]
 
 
-def load_schema(path: str | Path, **overrides) -> Schema:
-    """A schema file ``{"entities": [...], "relations": [{"subject", "predicate", "object"?}]}``;
-    keyword ``overrides`` that are not None (``relation_threshold=0.8``) replace the file's keys."""
+def load_schema(path: str | Path) -> dict:
+    """A schema file ``{"entities": [...], "relations": [{"subject", "predicate", "object"?}]}`` (which may also
+    carry ``one_type_per_span``, ``flat_ner`` and ``relation_threshold``), read and validated."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise HugieError("E024", file=path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise HugieError("E020", file=path, line=exc.lineno, reason=exc.msg) from exc
-    if not isinstance(data, dict) or not (data.get("entities") or data.get("relations")):
-        raise HugieError("E005", keys=sorted(data) if isinstance(data, dict) else type(data).__name__)
-    for item in data.get("relations") or []:
-        if not isinstance(item, dict) or "subject" not in item or "predicate" not in item:
-            raise HugieError("E006", item=item)
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    return validate_schema(data)
+    except UnicodeDecodeError as exc:
+        raise HugieError("E023", file=path, line=0, reason=f"not valid UTF-8 ({exc})") from exc
+    if not isinstance(data, dict):
+        raise HugieError("E005", keys=type(data).__name__)
+    as_request({"text": "", "schema": data})
+    return data
 
 
 def _is_record_error(exc: BaseException) -> bool:
@@ -516,8 +698,15 @@ def _error_reason(exc: BaseException) -> tuple[str, str]:
 def _progress(enabled: bool):
     """A rich progress bar on stderr: done/total, docs/s, elapsed and ETA."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -539,11 +728,16 @@ def run_batch(input: str, output: str | Path, runner: Callable[[Sequence[str]], 
         raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
     output = Path(output)
     errors_file = Path(errors_file) if errors_file else errors_path_for(output)
-    records = read_inputs(input, fmt, text_field, id_field)  # checks the input exists and its format
-    check_output(output, resume, overwrite)
+    with claim_files(input, output, errors_file, fmt=fmt, resume=resume, overwrite=overwrite):
+        return _run(input, output, errors_file, runner, fmt=fmt, text_field=text_field, id_field=id_field,
+                    batch_size=batch_size, workers=workers, resume=resume, progress=progress)
+
+
+def _run(input: str, output: Path, errors_file: Path, runner: Callable[[Sequence[str]], list[dict]], *, fmt: str,
+         text_field: str, id_field: str, batch_size: int, workers: int, resume: bool, progress: bool) -> BatchStats:
+    records = read_inputs(input, fmt, text_field, id_field)
     done = {_id_key(v) for v in _read_done(output, "id")} if resume else set()
     done_lines = set(_read_done(errors_file, "line")) if resume else set()
-    output.parent.mkdir(parents=True, exist_ok=True)
     mode = "a" if resume else "w"
     stats = BatchStats(output=str(output), errors_file=str(errors_file))
     start = time.perf_counter()

@@ -5,8 +5,11 @@
 [Span(text='张三', start=0, end=2, score=0.97)]
 
 Results are the pydantic models of :mod:`hugie.types`. Every failure is one exception,
-:class:`HugieAPIError` (status, code, message, request_id). 429 and 503 answers and connection
-errors are retried with exponential backoff (``Retry-After`` honoured). Light on purpose:
+:class:`HugieAPIError` (status, code, message, request_id; the cause chained): an error answer
+(its catalogued code), no answer (code ``connection``), an answer that is not what the service
+sends (code ``response``: not JSON, the wrong shape, an undecodable body), a base URL without
+``http://`` or ``https://`` (code ``url``, at construction). 429 and 503 answers and connection
+errors are retried with exponential backoff (``Retry-After`` honoured); nothing else is. Light on purpose:
 importing this module never imports torch or transformers.
 """
 
@@ -17,15 +20,16 @@ import email.utils
 import random
 import time
 import uuid
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt
 
-from .types import BatchResponse, ExtractRequest, Schema, SchemaResult, Span, SpanResponse
+from .types import BatchResponse, ExtractRequest, ExtractResult, Schema, SchemaResult, Span
 
 RETRY_STATUSES = frozenset({429, 503})
-Item = Any  # (instruction, text) | {"instruction"|"schema", "text", ...} | ExtractRequest
 
 
 class HugieAPIError(Exception):
@@ -53,11 +57,22 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
-def _check(response: httpx.Response) -> Any:
-    """The JSON body of a 2xx answer, else :class:`HugieAPIError` from the error body."""
-    if response.is_success:
-        return response.json()
+def _check(response: httpx.Response, parse=None) -> Any:
+    """The JSON body of a 2xx answer (through ``parse`` when given), else :class:`HugieAPIError` from the
+    error body; code ``response`` when a 2xx body is not JSON or ``parse`` rejects it."""
     request_id = response.headers.get("x-request-id")
+    if response.is_success:
+        status = response.status_code
+        try:
+            data = response.json()
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise HugieAPIError(status, "response", f"the service answered {status} with a body that is not JSON: "
+                                f"{response.text[:200]!r}", request_id) from exc
+        try:
+            return data if parse is None else parse(data)
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise HugieAPIError(status, "response", f"the service answered {status} with an unexpected shape: "
+                                f"{exc}", request_id) from exc
     code, message = f"HTTP{response.status_code}", response.text[:500] or response.reason_phrase
     try:
         err = response.json()["error"]
@@ -69,39 +84,42 @@ def _check(response: httpx.Response) -> Any:
 
 
 def _retryable(exc: BaseException) -> bool:
+    """429/503 answers and transport errors (not an unsupported URL, nor a body that does not decode)."""
     if isinstance(exc, HugieAPIError):
         return exc.status in RETRY_STATUSES
-    return isinstance(exc, httpx.TransportError)
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol)
 
 
-def _as_item(item: Item, threshold: float | None, top_k: int | None) -> dict:
+def _body(item: ExtractRequest | dict) -> dict:
+    """The JSON body of one request (an :class:`ExtractRequest` or a plain dict of its fields)."""
     if isinstance(item, ExtractRequest):
-        body = item.model_dump(by_alias=True, exclude_none=True)
-    elif isinstance(item, dict):
+        return item.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(item, dict):
         body = dict(item)
         if isinstance(body.get("schema"), Schema):
-            body["schema"] = body["schema"].model_dump()
-    elif isinstance(item, (tuple, list)) and len(item) == 2:
-        body = {"instruction": item[0], "text": item[1]}
-    else:
-        raise TypeError(f"a batch item is (instruction, text), a dict or an ExtractRequest, got {item!r}")
-    if threshold is not None:
-        body.setdefault("threshold", threshold)
-    if top_k is not None:
-        body.setdefault("top_k", top_k)
-    return body
+            body["schema"] = body["schema"].model_dump(exclude_defaults=True)
+        return body
+    raise TypeError(f"a request is an ExtractRequest or a dict of its fields, got {type(item).__name__}")
 
 
-def _schema_body(text: str, schema, threshold, top_k) -> dict:
-    body = {"text": text, "schema": schema.model_dump() if isinstance(schema, Schema) else schema}
-    return _as_item(body, threshold, top_k)
+def _request(**fields) -> dict:
+    """A request body from keyword arguments, options left unset (None) dropped."""
+    return _body({k: v for k, v in fields.items() if v is not None or k == "text"})
 
 
-def _results(data: dict) -> list[list[Span] | SchemaResult]:
-    out = []
-    for r in BatchResponse.model_validate(data).results:
-        out.append(r.spans if isinstance(r, SpanResponse) else r)
-    return out
+_RESULT = TypeAdapter(ExtractResult)
+
+
+def _results(n: int):
+    """A parser of an ``/extract/batch`` answer that must hold ``n`` results."""
+
+    def parse(data: Any) -> list[ExtractResult]:
+        results = BatchResponse.model_validate(data).results
+        if len(results) != n:
+            raise ValueError(f"{len(results)} results for {n} items")
+        return results
+
+    return parse
 
 
 def _chunks(items: Sequence, size: int) -> list[Sequence]:
@@ -113,6 +131,12 @@ class _Base:
                  max_backoff: float, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        try:
+            url = httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise HugieAPIError(0, "url", f"base_url is not a URL ({exc}): {base_url!r}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise HugieAPIError(0, "url", f"base_url must be http://HOST[:PORT] or https://…, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
@@ -166,8 +190,10 @@ class _Readiness:
         return False
 
 
-def _connection_error(exc: httpx.TransportError, url: str) -> HugieAPIError:
-    return HugieAPIError(0, "connection", f"{type(exc).__name__} talking to {url}: {exc}")
+def _request_error(exc: httpx.RequestError, url: str) -> HugieAPIError:
+    """No usable answer: code ``connection`` (transport), else ``response`` (e.g. a body that does not decode)."""
+    code = "connection" if isinstance(exc, httpx.TransportError) else "response"
+    return HugieAPIError(0, code, f"{type(exc).__name__} talking to {url}: {exc}")
 
 
 class Client(_Base):
@@ -181,34 +207,37 @@ class Client(_Base):
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
                                   transport=transport)
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict | None = None, parse=None) -> Any:
         try:
             for attempt in Retrying(**self._retry_args()):
                 with attempt:
-                    return _check(self._http.request(method, path, json=body, headers=self._request_headers()))
-        except httpx.TransportError as exc:
-            raise _connection_error(exc, self.base_url + path) from exc
+                    response = self._http.request(method, path, json=body, headers=self._request_headers())
+                    return _check(response, parse)
+        except httpx.RequestError as exc:  # transport errors after the retries, and undecodable bodies
+            raise _request_error(exc, self.base_url + path) from exc
 
     def extract(self, instruction: str, text: str, *, threshold: float | None = None,
                 top_k: int | None = None) -> list[Span]:
         """Spans answering ``instruction`` in ``text``."""
-        body = _as_item((instruction, text), threshold, top_k)
-        return SpanResponse.model_validate(self._call("POST", "/extract", body)).spans
+        return self.run([_request(instruction=instruction, text=text, threshold=threshold, top_k=top_k)])[0].spans
 
-    def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
-                       top_k: int | None = None) -> SchemaResult:
-        """Entities and relations of ``schema`` in ``text``."""
-        data = self._call("POST", "/extract", _schema_body(text, schema, threshold, top_k))
-        return SchemaResult.model_validate(data)
+    def extract_entities(self, text: str, types: Sequence[str], **options) -> dict[str, list[Span]]:
+        """``{type: spans}`` for each entity type (options as :meth:`hugie.Extractor.extract_entities`)."""
+        return self.run([_request(text=text, entities=list(types), **options)])[0].entities
 
-    def extract_batch(self, items: Iterable[Item], *, threshold: float | None = None,
-                      top_k: int | None = None) -> list[list[Span] | SchemaResult]:
-        """One result per item, in order (spans for instructions, a SchemaResult for schemas);
-        sent ``batch_size`` items per request."""
-        bodies = [_as_item(item, threshold, top_k) for item in items]
+    def extract_schema(self, text: str, schema: dict | Schema, **options) -> SchemaResult:
+        """Entities and relations of ``schema`` in ``text`` (options as :meth:`hugie.Extractor.extract_schema`)."""
+        return self.run([_request(text=text, schema=schema, **options)])[0]
+
+    def run(self, requests: Iterable[ExtractRequest | dict]) -> list[ExtractResult]:
+        """One result per request, in order, like :meth:`hugie.Extractor.run`: one request alone goes to
+        ``/extract``, more to ``/extract/batch``, ``batch_size`` per call."""
+        bodies = [_body(item) for item in requests]
+        if len(bodies) == 1:
+            return [self._call("POST", "/extract", bodies[0], _RESULT.validate_python)]
         out: list = []
         for chunk in _chunks(bodies, self.batch_size):
-            out += _results(self._call("POST", "/extract/batch", {"items": list(chunk)}))
+            out += self._call("POST", "/extract/batch", {"items": list(chunk)}, _results(len(chunk)))
         return out
 
     def health(self) -> dict:
@@ -232,14 +261,16 @@ class Client(_Base):
                 answer = self._http.get("/ready", timeout=max(1.0, poll * 10))
             except httpx.TransportError as exc:
                 answer = exc
+            except httpx.RequestError as exc:
+                raise _request_error(exc, readiness.url) from exc
             if readiness.check(answer):
-                return answer.json()
+                return _check(answer)
             self._sleep(poll)
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -247,7 +278,7 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asyncio client; ``extract_batch`` sends up to ``concurrency`` chunks at a time."""
+    """Asyncio client; ``run`` sends up to ``concurrency`` chunks at a time."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
@@ -258,33 +289,36 @@ class AsyncClient(_Base):
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
                                        transport=transport)
 
-    async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    async def _call(self, method: str, path: str, body: dict | None = None, parse=None) -> Any:
         try:
             async for attempt in AsyncRetrying(**self._retry_args()):
                 with attempt:
                     response = await self._http.request(method, path, json=body, headers=self._request_headers())
-                    return _check(response)
-        except httpx.TransportError as exc:
-            raise _connection_error(exc, self.base_url + path) from exc
+                    return _check(response, parse)
+        except httpx.RequestError as exc:  # transport errors after the retries, and undecodable bodies
+            raise _request_error(exc, self.base_url + path) from exc
 
     async def extract(self, instruction: str, text: str, *, threshold: float | None = None,
                       top_k: int | None = None) -> list[Span]:
-        body = _as_item((instruction, text), threshold, top_k)
-        return SpanResponse.model_validate(await self._call("POST", "/extract", body)).spans
+        request = _request(instruction=instruction, text=text, threshold=threshold, top_k=top_k)
+        return (await self.run([request]))[0].spans
 
-    async def extract_schema(self, text: str, schema: dict | Schema, *, threshold: float | None = None,
-                             top_k: int | None = None) -> SchemaResult:
-        data = await self._call("POST", "/extract", _schema_body(text, schema, threshold, top_k))
-        return SchemaResult.model_validate(data)
+    async def extract_entities(self, text: str, types: Sequence[str], **options) -> dict[str, list[Span]]:
+        return (await self.run([_request(text=text, entities=list(types), **options)]))[0].entities
 
-    async def extract_batch(self, items: Iterable[Item], *, threshold: float | None = None,
-                            top_k: int | None = None) -> list[list[Span] | SchemaResult]:
-        bodies = [_as_item(item, threshold, top_k) for item in items]
+    async def extract_schema(self, text: str, schema: dict | Schema, **options) -> SchemaResult:
+        return (await self.run([_request(text=text, schema=schema, **options)]))[0]
+
+    async def run(self, requests: Iterable[ExtractRequest | dict]) -> list[ExtractResult]:
+        """One result per request, in order; up to ``concurrency`` ``/extract/batch`` calls at a time."""
+        bodies = [_body(item) for item in requests]
+        if len(bodies) == 1:
+            return [await self._call("POST", "/extract", bodies[0], _RESULT.validate_python)]
         gate = asyncio.Semaphore(self.concurrency)
 
         async def send(chunk):
             async with gate:
-                return _results(await self._call("POST", "/extract/batch", {"items": list(chunk)}))
+                return await self._call("POST", "/extract/batch", {"items": list(chunk)}, _results(len(chunk)))
 
         parts = await asyncio.gather(*(send(c) for c in _chunks(bodies, self.batch_size)))
         return [r for part in parts for r in part]
@@ -306,14 +340,16 @@ class AsyncClient(_Base):
                 answer = await self._http.get("/ready", timeout=max(1.0, poll * 10))
             except httpx.TransportError as exc:
                 answer = exc
+            except httpx.RequestError as exc:
+                raise _request_error(exc, readiness.url) from exc
             if readiness.check(answer):
-                return answer.json()
+                return _check(answer)
             await self._sleep(poll)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

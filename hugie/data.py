@@ -12,9 +12,9 @@ Offsets are character offsets into ``text``, end exclusive, and ``text[start:end
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import HugieError
 from .tokenization import is_cjk

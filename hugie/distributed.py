@@ -39,11 +39,27 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .batch import (BadRecord, BatchStats, Cursor, LocalRunner, Record, _error_reason, _id_key, _process,
-                    _progress, _read_done, check_output, detect_format, duplicate_error, errors_path_for,
-                    input_exists, input_label, is_url, read_inputs)
+from .batch import (
+    BadRecord,
+    BatchStats,
+    Cursor,
+    LocalRunner,
+    Record,
+    _error_reason,
+    _id_key,
+    _process,
+    _progress,
+    _read_done,
+    check_input,
+    check_output,
+    duplicate_error,
+    errors_path_for,
+    input_label,
+    is_url,
+    locks_output,
+    read_inputs,
+)
 from .errors import HugieError
-from .types import Schema
 
 log = logging.getLogger("hugie.distributed")
 
@@ -317,17 +333,17 @@ def _run_chunk(runner, payload: str) -> str:
 class ExtractActor:
     """One Extractor per Ray actor; ``map_batches`` hands it read specs, it returns result rows."""
 
-    def __init__(self, model: str | None, backend: str, device: str, instruction: str | None,
-                 schema: Schema | dict | None, threshold: float | None, top_k: int | None,
-                 threads: int | None = None):
+    def __init__(self, model: str | None, backend: str, device: str, task: dict, threads: int | None = None):
+        from .extractor import Extractor
+
         if threads:
+            os.environ.setdefault("HUGIE_THREADS", str(threads))  # the ONNX backend's intra-op threads
+        extractor = Extractor.load(model, backend=backend, device=device)
+        if threads and extractor.backend.name == "torch":
             import torch
 
             torch.set_num_threads(threads)
-        from .extractor import Extractor
-
-        self.runner = LocalRunner(Extractor.load(model, backend=backend, device=device), instruction, schema,
-                                  threshold, top_k)
+        self.runner = LocalRunner(extractor, task)
 
     def __call__(self, batch: dict) -> dict:
         """Read each split, extract its chunks: rows (part, split, kind, chunk, payload)."""
@@ -407,31 +423,27 @@ def _init_ray(ray, address: str | None, num_cpus: int | None, verbose: bool) -> 
     return True
 
 
-def run_batch_ray(input: str, output: str | Path, *, instruction: str | None = None,
-                  schema: Schema | dict | None = None, model: str | None = None, backend: str = "auto",
-                  device: str = "auto", threshold: float | None = None, top_k: int | None = None,
-                  fmt: str = "auto", text_field: str = "text", id_field: str = "id", batch_size: int = 32,
-                  workers: int = 1, resume: bool = False, overwrite: bool = False,
+@locks_output
+def run_batch_ray(input: str, output: str | Path, *, task: dict, model: str | None = None, backend: str = "auto",
+                  device: str = "auto", fmt: str = "auto", text_field: str = "text", id_field: str = "id",
+                  batch_size: int = 32, workers: int = 1, resume: bool = False, overwrite: bool = False,
                   errors_file: str | Path | None = None, progress: bool = True, address: str | None = None,
                   num_gpus: float | None = None, cpus_per_worker: float = 1, partition_docs: int | None = None,
                   split_docs: int | None = None, num_cpus: int | None = None) -> BatchStats:
-    """``hugie batch --engine ray``: the in-process batch's records, from an actor pool of ``workers``
-    Extractors (see the module docstring). ``num_gpus`` per actor defaults to 1 for a CUDA device;
-    ``num_cpus`` sizes a local Ray started here (default: all cores); ``address`` joins a cluster.
+    """``hugie batch --engine ray``: the in-process batch's records for ``task`` (a
+    :func:`hugie.batch.batch_task`), from an actor pool of ``workers`` Extractors (see the module docstring).
+    ``num_gpus`` per actor defaults to 1 for a CUDA device; ``num_cpus`` sizes a local Ray started here
+    (default: all cores); ``address`` joins a cluster.
     Partitions hold ``partition_docs`` documents (``HUGIE_RAY_PARTITION_DOCS``; default 64 batches):
     the unit of resume; keep it the same between a run and its ``resume``. They are read in splits
     of ``split_docs`` (``HUGIE_RAY_SPLIT_DOCS``; default 4 batches): the unit of parallelism.
     """
-    if (instruction is None) == (schema is None):
-        raise ValueError("give exactly one of instruction, schema")
     if batch_size < 1 or workers < 1:
         raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
     ray = require_ray()
     if input == "-":
         raise HugieError("E041", reason="reads a file or an fsspec URL, not stdin (each worker reads its own part)")
-    if not input_exists(input):
-        raise HugieError("E024", file=input)
-    fmt = detect_format(input, fmt)
+    fmt = check_input(input, fmt)
     name = input  # for messages, as the in-process run spells it
     if not is_url(input):
         input = str(Path(input).resolve())  # the actors may not share our working directory
@@ -497,8 +509,7 @@ def run_batch_ray(input: str, output: str | Path, *, instruction: str | None = N
         started = _init_ray(ray, address, num_cpus, verbose)
         try:
             _extract_on_ray(ray, remote, specs, collector, progress, name, verbose,
-                            dict(model=model, backend=backend, device=device, instruction=instruction,
-                                 schema=schema, threshold=threshold, top_k=top_k),
+                            dict(model=model, backend=backend, device=device, task=task),
                             batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker,
                             num_gpus=(1 if str(device).startswith("cuda") else 0) if num_gpus is None else num_gpus)
         finally:

@@ -1,20 +1,20 @@
 """Evaluation through the same Extractor path as serving.
 
-NER: strict micro P/R/F1 on (record, start, end, type), one instruction per (text, type) over the
-file's type set. RE: strict micro P/R/F1 on (record, subject text, predicate, object text), with a
-schema derived from the gold (subject type → predicates) unless one is given; subjects come from
-entity passes, exactly like :meth:`Extractor.extract_schema`, but batched across records.
+NER: strict micro P/R/F1 on (record, start, end, type), one entity-type request per record over the
+file's type set. RE: strict micro P/R/F1 on (record, subject text, predicate, object text), one schema
+request per record whose relations come from the gold (subject type → predicates) unless given. Both run
+through :meth:`Extractor.run`, batched across records, exactly as a user's requests would.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from .data import Record
-from .instructions import detect_language, templates
 from .tokenization import char_span_to_tokens
+from .types import SchemaResult
 
 
 def prf(tp: int, n_pred: int, n_gold: int) -> dict:
@@ -39,32 +39,19 @@ def reachable_fraction(tokenizer, records: Sequence[Record], max_width: int) -> 
     return round(100 * ok / total, 3) if total else 100.0
 
 
-def _tmpl(extractor, text: str, language: str | None):
-    return templates(language or detect_language(text), extractor.config.instructions)
-
-
 def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | None = None,
                  threshold: float | None = None, language: str | None = None,
                  one_type_per_span: bool | None = None, flat_ner: bool | None = None) -> dict:
+    """Strict micro P/R/F1 of one entity-type request per record (every type of the file)."""
     flat_ner, one_type_per_span = extractor.entity_decoding(one_type_per_span, flat_ner)
     types = sorted(types or {e.type for r in records for e in r.entities})
-    pairs, keys = [], []
-    for idx, rec in enumerate(records):
-        tmpl = _tmpl(extractor, rec.text, language)
-        for t in types:
-            pairs.append((tmpl.for_entity(t), rec.text))
-            keys.append((idx, t))
+    options = _options(threshold=threshold, language=language, one_type_per_span=one_type_per_span,
+                       flat_ner=flat_ner)
+    requests = [{"text": rec.text, "entities": types, **options} for rec in records] if types else []
     start = time.perf_counter()
-    answers = extractor.extract(pairs, threshold=threshold) if pairs else []
+    results = extractor.run(requests)
     elapsed = time.perf_counter() - start
-    by_record: dict[int, dict] = defaultdict(dict)
-    for (idx, t), spans in zip(keys, answers):
-        by_record[idx][t] = spans
-    from .extractor import decode_entities  # as Extractor.extract_entities answers
-
-    by_record = {idx: decode_entities(by_type, flat=flat_ner, one_type=one_type_per_span)
-                 for idx, by_type in by_record.items()}
-    pred = {(idx, s.start, s.end, t) for idx, by_type in by_record.items() for t, spans in by_type.items()
+    pred = {(idx, s.start, s.end, t) for idx, result in enumerate(results) for t, spans in result.entities.items()
             for s in spans}
     gold = {(idx, e.start, e.end, e.type) for idx, r in enumerate(records) for e in r.entities if e.type in types}
     tp = pred & gold
@@ -76,47 +63,41 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
     out["per_type"] = per_type
     out["one_type_per_span"] = one_type_per_span
     out["flat_ner"] = flat_ner
-    out["passes"] = len(pairs)
-    out["passes_per_second"] = round(len(pairs) / elapsed, 2) if elapsed > 0 else None
+    out["passes"] = len(records) * len(types)
+    out["passes_per_second"] = round(out["passes"] / elapsed, 2) if elapsed > 0 else None
     return out
 
 
-def gold_schema(records: Sequence[Record]) -> dict[str, list[str]]:
+def _options(**options) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def gold_predicates(records: Sequence[Record]) -> dict[str, list[str]]:
     """subject type → predicates seen in the gold."""
-    schema: dict[str, set] = defaultdict(set)
+    predicates: dict[str, set] = defaultdict(set)
     for rec in records:
         for rel in rec.relations:
-            schema[rel.subject.type].add(rel.predicate)
-    return {k: sorted(v) for k, v in schema.items()}
+            predicates[rel.subject.type].add(rel.predicate)
+    return {k: sorted(v) for k, v in predicates.items()}
 
 
-def predict_relations(extractor, records: Sequence[Record], schema: dict[str, list[str]],
+def predict_relations(extractor, records: Sequence[Record], predicates: dict[str, list[str]],
                       threshold: float | None = None, relation_threshold: float | None = None,
                       language: str | None = None) -> tuple[dict[tuple[int, str, str, str], float], int]:
-    """``({(record index, subject text, predicate, object text): best object score}, passes asked)``:
-    subjects from entity passes at ``threshold``, objects at :meth:`Extractor.relation_threshold`."""
-    object_threshold = extractor.relation_threshold(threshold, relation_threshold)
-    subject_types = sorted(schema)
-    pairs, keys = [], []
-    for idx, rec in enumerate(records):
-        tmpl = _tmpl(extractor, rec.text, language)
-        for t in subject_types:
-            pairs.append((tmpl.for_entity(t), rec.text))
-            keys.append((idx, t))
-    subjects = extractor.extract(pairs, threshold=threshold) if pairs else []
-    rel_pairs, rel_keys = [], []
-    for (idx, stype), spans in zip(keys, subjects):
-        tmpl = _tmpl(extractor, records[idx].text, language)
-        for subj in sorted({s.text for s in spans}):  # hash order would vary the int8 batches per run
-            for pred in schema[stype]:
-                rel_pairs.append((tmpl.for_relation(subj, pred), records[idx].text))
-                rel_keys.append((idx, subj, pred))
-    objects = extractor.extract(rel_pairs, threshold=object_threshold) if rel_pairs else []
+    """``({(record index, subject text, predicate, object text): best object score}, passes asked)``: one
+    schema request per record (relations of ``predicates``: subject type → predicates), as a user sends it."""
+    relations = [{"subject": t, "predicate": p} for t in sorted(predicates) for p in predicates[t]]
+    options = _options(threshold=threshold, relation_threshold=relation_threshold, language=language)
+    requests = [{"text": rec.text, "schema": {"relations": relations}, **options} for rec in records]
+    results = extractor.run(requests) if relations else [SchemaResult() for _ in records]
     found: dict[tuple[int, str, str, str], float] = {}
-    for key, objs in zip(rel_keys, objects):
-        for o in objs:
-            found[(*key, o.text)] = max(o.score, found.get((*key, o.text), 0.0))
-    return found, len(pairs) + len(rel_pairs)
+    for idx, result in enumerate(results):
+        for r in result.relations:
+            key = (idx, r.subject.text, r.predicate, r.object.text)
+            found[key] = max(r.object.score, found.get(key, 0.0))
+    subjects = {(idx, r.subject.text) for idx, result in enumerate(results) for r in result.relations}
+    asked = sum(len(set(predicates)) for _ in records) + len(subjects)
+    return found, asked
 
 
 def score_relations(pred, records: Sequence[Record]) -> dict:
@@ -132,12 +113,13 @@ def score_relations(pred, records: Sequence[Record]) -> dict:
     return out
 
 
-def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str]] | None = None,
+def evaluate_re(extractor, records: Sequence[Record], predicates: dict[str, list[str]] | None = None,
                 threshold: float | None = None, language: str | None = None,
                 relation_threshold: float | None = None) -> dict:
-    schema = schema or gold_schema(records)
+    """Strict micro P/R/F1 of relation triples (``predicates``: subject type → predicates; default: the gold's)."""
+    predicates = predicates or gold_predicates(records)
     start = time.perf_counter()
-    found, passes = predict_relations(extractor, records, schema, threshold, relation_threshold, language)
+    found, passes = predict_relations(extractor, records, predicates, threshold, relation_threshold, language)
     elapsed = time.perf_counter() - start
     out = score_relations(found, records)
     out["relation_threshold"] = extractor.relation_threshold(threshold, relation_threshold)
@@ -146,7 +128,7 @@ def evaluate_re(extractor, records: Sequence[Record], schema: dict[str, list[str
     return out
 
 
-def evaluate(extractor, records: Sequence[Record], *, schema=None, threshold=None, language=None,
+def evaluate(extractor, records: Sequence[Record], *, predicates=None, threshold=None, language=None,
              types=None, one_type_per_span: bool | None = None, flat_ner: bool | None = None,
              relation_threshold: float | None = None) -> dict:
     """``{"ner": {...}, "re": {...}, "reachable": pct, "records": n}`` (a task without gold is omitted)."""
@@ -155,7 +137,7 @@ def evaluate(extractor, records: Sequence[Record], *, schema=None, threshold=Non
         out["ner"] = evaluate_ner(extractor, records, types=types, threshold=threshold, language=language,
                                   one_type_per_span=one_type_per_span, flat_ner=flat_ner)
     if any(r.relations for r in records):
-        out["re"] = evaluate_re(extractor, records, schema=schema, threshold=threshold, language=language,
+        out["re"] = evaluate_re(extractor, records, predicates=predicates, threshold=threshold, language=language,
                                 relation_threshold=relation_threshold)
     out["reachable"] = reachable_fraction(extractor.tokenizer, records, extractor.config.max_span_width)
     return out

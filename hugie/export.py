@@ -3,8 +3,8 @@
 The exported ``encoder.onnx`` has dynamic batch and sequence axes. onnxruntime's transformer
 optimizer fuses attention, LayerNorm and GELU; ``int8`` applies dynamic quantization (CPU), with
 the outlier input channels of FFN output projections split off into thin fp32 MatMuls (see
-:func:`outlier_channels`); ``fp16`` converts weights to half precision with float32 inputs/outputs (CUDA). The span scorer
-(fused ``SpanScore`` op, or its standard-ONNX fallback) is attached when a session is created,
+:func:`outlier_channels`); ``fp16`` converts weights to half precision with float32 inputs/outputs (CUDA).
+The span scorer (fused ``SpanScore`` op, or its standard-ONNX fallback) is attached when a session is created,
 so one exported directory works wherever it is loaded.
 """
 
@@ -16,9 +16,6 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from .errors import HugieError
 
@@ -54,20 +51,36 @@ _FFN_OUTPUT = re.compile(r"layer\.(\d+)\.output\.dense$")
 _FFN_OUTPUT_NODE = re.compile(r"layer\.(\d+)/output/dense/MatMul$")
 
 
-class _Projection(nn.Module):
-    """What every backend computes: (input_ids, attention_mask) → q, k, start_bias, end_bias."""
+def require_torch(what: str = "hugie export") -> None:
+    """E015 naming the ``train`` extra unless torch and transformers import (they are not in the light install)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise HugieError("E015", name=what, reason=f"it needs torch and transformers ({exc}); "
+                         'install them with pip install "hugie[train]"') from exc
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
-    def forward(self, input_ids, attention_mask):
-        return self.model.project(input_ids, attention_mask)
+def _projection(model):
+    """What every backend computes, as a module: (input_ids, attention_mask) → q, k, start_bias, end_bias."""
+    from torch import nn
+
+    class Projection(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model.project(input_ids, attention_mask)
+
+    return Projection()
 
 
 def export_onnx(model, path: Path, opset: int = 17) -> Path:
     """Plain torch → ONNX export with dynamic batch/sequence axes. The model is left in eval mode (the
     exporter restores the wrapper's own mode afterwards, so the wrapper is made in eval mode too)."""
+    import torch
+
     model = model.eval()
     ids = torch.ones((2, 12), dtype=torch.long)
     attn = torch.ones((2, 12), dtype=torch.long)
@@ -76,7 +89,8 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
             "q": {0: "batch", 1: "length"}, "k": {0: "batch", 1: "length"},
             "start_bias": {0: "batch", 1: "length"}, "end_bias": {0: "batch", 1: "length"}}
     with torch.no_grad():
-        torch.onnx.export(_Projection(model).eval(), (ids, attn), str(path), input_names=["input_ids", "attention_mask"],
+        torch.onnx.export(_projection(model).eval(), (ids, attn), str(path),
+                          input_names=["input_ids", "attention_mask"],
                           output_names=["q", "k", "start_bias", "end_bias"], dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return path
@@ -113,9 +127,12 @@ def outlier_channels(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> d
     is at least ``ratio`` × the median channel's (padding excluded): {layer: channels}, layers without any left out."""
     if not ratio:
         return {}
+    import torch
+
     from .instructions import templates
 
-    pairs = [(templates(lang).for_entity(t), text) for lang, types, texts in CALIBRATION for t in types for text in texts]
+    pairs = [(templates(lang).for_entity(t), text)
+             for lang, types, texts in CALIBRATION for t in types for text in texts]
     tokens = tokenizer.tokenize([p for pair in pairs for p in pair])
     fitting = [pair for pair in zip(tokens[::2], tokens[1::2]) if tokenizer.pair_length(*pair) <= tokenizer.max_length]
     if not fitting:
@@ -168,12 +185,14 @@ def split_outlier_channels(source: Path, target: Path, channels: dict[int, list[
                                   numpy_helper.from_array(weight[picked], f"{base}/outlier_weight")])
         node.input[0], node.output[0] = f"{base}/inliers", f"{base}/inlier_out"
         at = list(graph.node).index(node)
-        added = [helper.make_node("Mul", [x, f"{base}/inlier_mask"], [f"{base}/inliers"], name=f"{base}/inlier_mask_mul"),
-                 helper.make_node("Gather", [x, f"{base}/outlier_index"], [f"{base}/outliers"], name=f"{base}/outlier_gather",
-                                  axis=-1),
+        added = [helper.make_node("Mul", [x, f"{base}/inlier_mask"], [f"{base}/inliers"],
+                                  name=f"{base}/inlier_mask_mul"),
+                 helper.make_node("Gather", [x, f"{base}/outlier_index"], [f"{base}/outliers"],
+                                  name=f"{base}/outlier_gather", axis=-1),
                  helper.make_node("MatMul", [f"{base}/outliers", f"{base}/outlier_weight"], [f"{base}/outlier_out"],
                                   name=f"{base}/outlier_MatMul"),
-                 helper.make_node("Add", [f"{base}/inlier_out", f"{base}/outlier_out"], [out], name=f"{base}/outlier_add")]
+                 helper.make_node("Add", [f"{base}/inlier_out", f"{base}/outlier_out"], [out],
+                                  name=f"{base}/outlier_add")]
         graph.node.insert(at, added[0])
         for i, extra in enumerate(added[1:]):
             graph.node.insert(at + 2 + i, extra)
@@ -192,9 +211,8 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = True, fp32_mat
     Gather; activations are quantized at run time. Per-channel weight scales keep int8 spans
     closer to fp32 than one scale per tensor (agreement F1 90 vs 81 on CLUENER dev[:300]) at the
     same speed. The MatMuls named in ``fp32_matmuls`` stay fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
                      op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_exclude=list(fp32_matmuls),
@@ -226,18 +244,19 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
                  outlier_ratio: float | None = OUTLIER_RATIO, decoding: dict | None = None) -> Path:
     """Export a trained model directory to a self-describing ONNX directory (``outlier_ratio``: int8 only,
     see :func:`outlier_channels`; ``decoding``: ``threshold`` / ``relation_threshold`` to record as the
-    export's defaults instead of the trained model's)."""
-    from .modeling import GlobalPointerModel
+    export's defaults instead of the trained model's). ``model_dir`` may itself be an export (the embedded
+    ``hugie-small`` among them): its weights are read back out of the graph (:func:`load_model`)."""
     from .tokenization import HugieTokenizer
 
     if quantize not in QUANTIZE_CHOICES:
         raise HugieError("E013", backend=f"quantize={quantize}", choices=", ".join(QUANTIZE_CHOICES))
+    require_torch()
     decoding = _checked_decoding(decoding or {})
     model_dir, output = Path(model_dir), Path(output)
     for needed in ("config.json", "tokenizer.json"):
         if not (model_dir / needed).exists():
             raise HugieError("E012", path=model_dir, file=needed)
-    model = GlobalPointerModel.from_pretrained(model_dir).eval()
+    model = load_model(model_dir).eval()
     _use_eager_attention(model)
     enc = model.encoder.config
     fp32_matmuls: list[str] = []
@@ -260,8 +279,10 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
             shutil.copyfile(optimized, final)
     config = {**model.config.to_dict(), **decoding}
     config["onnx"] = {"file": ENCODER_FILE, "quantize": quantize, "opset": opset, "fp32_matmuls": fp32_matmuls,
-                      "outlier_channels": {str(k): v for k, v in outliers.items()}, "outputs": ["q", "k", "start_bias", "end_bias"],
-                      "span_scorer": "hugie::SpanScore custom op when it builds, else standard-ONNX banded fallback"}
+                      "outlier_channels": {str(k): v for k, v in outliers.items()},
+                      "outputs": ["q", "k", "start_bias", "end_bias"],
+                      "span_scorer": "hugie::SpanScore custom op when built (hugie kernels build), else the "
+                                     "standard-ONNX banded fallback"}
     (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     for extra in ("tokenizer.json", "tokenizer_config.json", "train_config.yaml", "versions.json", "README.md"):
         if (model_dir / extra).exists() and model_dir.resolve() != output.resolve():
@@ -271,8 +292,8 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
     return output
 
 
-_LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output|intermediate|output)/dense|projection|bias_head)"
-                          r"/MatMul(?:_quant)?$")
+_LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output|intermediate|output)/dense"
+                          r"|projection|bias_head)/MatMul(?:_quant)?$")
 
 
 def model_from_export(directory: str | Path):
@@ -282,10 +303,11 @@ def model_from_export(directory: str | Path):
     weights in float32. Every parameter must be found in the graph, or E012 names the missing ones."""
     import numpy as np
     import onnx
+    import torch
     from onnx import numpy_helper
 
     from .backends.onnx import quantization_initializers
-    from .modeling import GlobalPointerModel, HugieConfig
+    from .modeling import GlobalPointerConfig, GlobalPointerModel
 
     directory = Path(directory)
     config_file = directory / "config.json"
@@ -316,8 +338,9 @@ def model_from_export(directory: str | Path):
                 state[f"encoder.encoder.layer.{layer}.attention.self.{part}.weight"] = w.T
                 state[f"encoder.encoder.layer.{layer}.attention.self.{part}.bias"] = b
         elif node.op_type == "EmbedLayerNormalization":
-            for part, name in zip(("word_embeddings.weight", "position_embeddings.weight",
-                                   "token_type_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias"), node.input[2:7]):
+            parts = ("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
+                     "LayerNorm.weight", "LayerNorm.bias")
+            for part, name in zip(parts, node.input[2:7]):
                 state[f"encoder.embeddings.{part}"] = value(name)
         elif node.op_type == "Gather" and node.name.startswith("/encoder/embeddings/") and node.input[0] in weights:
             state[f"encoder.embeddings.{node.name.split('/')[3]}.weight"] = value(node.input[0])
@@ -338,7 +361,7 @@ def model_from_export(directory: str | Path):
             bias = [name for name in (add.input if add is not None else ()) if name in weights]
             if bias:
                 state[f"{module}.bias"] = value(bias[0])
-    config = HugieConfig.from_pretrained(directory)
+    config = GlobalPointerConfig.from_pretrained(directory)
     if hasattr(config, "onnx"):
         del config.onnx  # describes the graph the weights came from, not the torch model
     model = GlobalPointerModel(config)
@@ -354,7 +377,8 @@ def model_from_export(directory: str | Path):
 
 def load_model(directory: str | Path):
     """The torch model of a model directory: its torch weights, or an export's (:func:`model_from_export`)."""
-    from .modeling import GlobalPointerModel, has_torch_weights
+    from .configuration import has_torch_weights
+    from .modeling import GlobalPointerModel
 
     if has_torch_weights(directory):
         return GlobalPointerModel.from_pretrained(directory)
@@ -365,7 +389,7 @@ def load_model(directory: str | Path):
 def torch_model_dir(directory: str | Path, work: str | Path) -> Path:
     """A model directory with torch weights: ``directory`` itself when it has them, else its export's weights
     (:func:`model_from_export`) saved under ``work`` beside its tokenizer, config and instruction templates."""
-    from .modeling import has_torch_weights
+    from .configuration import has_torch_weights
 
     directory, target = Path(directory), Path(work) / "torch"
     if has_torch_weights(directory):

@@ -34,7 +34,8 @@ class InstructionTemplates:
 
 
 TEMPLATES = {
-    "zh": InstructionTemplates("zh", "找到文章中所有【{type}】类型的实体？", "找到文章中【{subject}】的【{relation}】？"),
+    "zh": InstructionTemplates("zh", "找到文章中所有【{type}】类型的实体？",
+                               "找到文章中【{subject}】的【{relation}】？"),
     "en": InstructionTemplates("en", "Find all entities of type [{type}].", "Find the [{relation}] of [{subject}]."),
 }
 

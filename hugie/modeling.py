@@ -10,42 +10,36 @@ cross-entropy. Saved and loaded in HF format (``config.json`` + ``model.safetens
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from .configuration import TORCH_WEIGHT_FILES, has_torch_weights
+from .configuration import HugieConfig as _Settings
 from .instructions import default_templates_dict
 
-#: Weight files ``from_pretrained`` reads; a directory with neither is an export (ONNX only).
-TORCH_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def has_torch_weights(directory) -> bool:
-    """Whether ``directory`` holds torch weights (else it is an export: see ``hugie.export.model_from_export``)."""
-    return any((Path(directory) / name).exists() for name in TORCH_WEIGHT_FILES)
-
+__all__ = ["TORCH_WEIGHT_FILES", "GlobalPointerConfig", "GlobalPointerModel", "HugieConfig", "has_torch_weights"]
 
 # A finite mask value that survives fp16 (max 65504) even after a few additions.
 MASK_VALUE = -1.0e4
 
 
-class HugieConfig(PretrainedConfig):
-    """Span head settings, the encoder's own config, instruction templates and decoding defaults."""
+class GlobalPointerConfig(PretrainedConfig):
+    """The torch model's config: the keys and defaults of :class:`hugie.configuration.HugieConfig`."""
 
     model_type = "hugie_global_pointer"
 
     def __init__(
         self,
         encoder: dict | None = None,
-        head_size: int = 64,
-        max_span_width: int = 48,
-        threshold: float = 0.5,
-        max_seq_length: int = 512,
-        relation_threshold: float | None = None,
-        one_type_per_span: bool = False,
-        flat_ner: bool = False,
+        head_size: int = _Settings.head_size,
+        max_span_width: int = _Settings.max_span_width,
+        threshold: float = _Settings.threshold,
+        max_seq_length: int = _Settings.max_seq_length,
+        relation_threshold: float | None = _Settings.relation_threshold,
+        one_type_per_span: bool = _Settings.one_type_per_span,
+        flat_ner: bool = _Settings.flat_ner,
         instructions: dict | None = None,
         **kwargs,
     ):
@@ -64,6 +58,10 @@ class HugieConfig(PretrainedConfig):
         cfg = dict(self.encoder)
         model_type = cfg.pop("model_type", "bert")
         return AutoConfig.for_model(model_type, **cfg)
+
+
+#: The torch config under its historical name (``from hugie.modeling import HugieConfig``).
+HugieConfig = GlobalPointerConfig
 
 
 def rope(x: torch.Tensor) -> torch.Tensor:
@@ -103,11 +101,11 @@ def multilabel_categorical_crossentropy(logits: torch.Tensor, labels: torch.Tens
 class GlobalPointerModel(PreTrainedModel):
     """Encoder + Efficient Global Pointer head."""
 
-    config_class = HugieConfig
+    config_class = GlobalPointerConfig
     base_model_prefix = "encoder"
     supports_gradient_checkpointing = False
 
-    def __init__(self, config: HugieConfig, encoder: nn.Module | None = None):
+    def __init__(self, config: GlobalPointerConfig, encoder: nn.Module | None = None):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(
             config.encoder_config(), add_pooling_layer=False)
@@ -122,11 +120,11 @@ class GlobalPointerModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
     @classmethod
-    def from_encoder(cls, encoder: nn.Module, **head_kwargs) -> "GlobalPointerModel":
+    def from_encoder(cls, encoder: nn.Module, **head_kwargs) -> GlobalPointerModel:
         enc_cfg = encoder.config.to_dict()
         for key in ("architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
             enc_cfg.pop(key, None)
-        config = HugieConfig(encoder=enc_cfg, **head_kwargs)
+        config = GlobalPointerConfig(encoder=enc_cfg, **head_kwargs)
         model = cls(config, encoder=encoder)
         model._init_weights(model.projection)
         model._init_weights(model.bias_head)
@@ -160,4 +158,4 @@ class GlobalPointerModel(PreTrainedModel):
         return out
 
 
-AutoConfig.register(HugieConfig.model_type, HugieConfig, exist_ok=True)
+AutoConfig.register(GlobalPointerConfig.model_type, GlobalPointerConfig, exist_ok=True)

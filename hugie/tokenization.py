@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
@@ -118,7 +118,7 @@ class TextTokens:
         """A token can start or end a span only if it covers at least one visible character."""
         return [e > s for s, e in zip(self.starts, self.ends)]
 
-    def slice(self, lo: int, hi: int) -> "TextTokens":
+    def slice(self, lo: int, hi: int) -> TextTokens:
         return TextTokens(self.ids[lo:hi], self.starts[lo:hi], self.ends[lo:hi])
 
 
@@ -163,7 +163,7 @@ class HugieTokenizer:
         raise HugieError("E010", tokens=", ".join(names))
 
     @classmethod
-    def from_file(cls, path: str | Path, max_length: int = 512) -> "HugieTokenizer":
+    def from_file(cls, path: str | Path, max_length: int = 512) -> HugieTokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"

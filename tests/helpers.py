@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-
-from hugie.data import parse_record
 from hugie.training.examples import DatasetSpec, build_examples
 from hugie.training.trainer import collate, encode_examples, make_batches
+
+from hugie.data import parse_record
 
 
 def synthetic_specs(n: int = 240):

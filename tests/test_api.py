@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-
 from hugie.api import Settings, create_app
+
 from hugie.extractor import Extractor
 from hugie.modeling import HugieConfig
 from tests.helpers import FakeBackend
@@ -226,13 +226,13 @@ def test_micro_batching_gives_each_caller_its_own_results(tiny_tokenizer):
 def test_a_bad_request_does_not_fail_the_requests_batched_with_it(tiny_tokenizer):
     ex, _ = make_extractor(tiny_tokenizer)
     calls = []
-    real = ex.extract
+    real = ex.run
 
-    def spy(pairs, *a, **kw):
-        calls.append(len(pairs))
-        return real(pairs, *a, **kw)
+    def spy(requests, **kwargs):
+        calls.append(len(requests))
+        return real(requests, **kwargs)
 
-    ex.extract = spy
+    ex.run = spy
     too_long = "人" * 200  # fine for the API limit, too many tokens for the model (E007)
 
     async def go():
@@ -283,22 +283,30 @@ def test_limits_name_the_limit_and_the_value(extractor):
     run(go())
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"text": "张三"}, ["exactly one of 'instruction' or 'schema'"]),
-    ({"text": "张三", "instruction": PER, "schema": {"entities": ["人名"]}}, ["exactly one"]),
-    ({"instruction": PER}, ["text", "Field required"]),
-    ({"instruction": PER, "text": 5}, ["text"]),
-    ({"instruction": PER, "text": "张三", "threshold": 1.5}, ["threshold"]),
-    ({"instruction": PER, "text": "张三", "top_k": 0}, ["top_k"]),
-    ({"instruction": "  ", "text": "张三"}, ["non-empty"]),
-    ({"schema": {}, "text": "张三"}, ["entities"]),
-    ({"schema": {"relations": [{"subject": "人名"}]}, "text": "张三"}, ["predicate"]),
-    ({"instruction": PER, "text": "张三", "bogus": 1}, ["bogus"]),
+@pytest.mark.parametrize("body, code, words", [
+    ({"text": "张三"}, "E029", ["exactly one of 'instruction', 'entities' or 'schema'"]),
+    ({"text": "张三", "instruction": PER, "schema": {"entities": ["人名"]}}, "E029", ["exactly one"]),
+    ({"text": "张三", "instruction": PER, "entities": ["人名"]}, "E029", ["exactly one"]),
+    ({"instruction": PER}, "E107", ["text", "Field required"]),
+    ({"instruction": PER, "text": 5}, "E107", ["text"]),
+    ({"instruction": PER, "text": "张三", "threshold": 1.5}, "E107", ["threshold"]),
+    ({"instruction": PER, "text": "张三", "threshold": "0.5"}, "E107", ["threshold", "valid number"]),
+    ({"instruction": PER, "text": "张三", "top_k": 0}, "E107", ["top_k"]),
+    ({"instruction": "  ", "text": "张三"}, "E002", ["non-empty"]),
+    ({"entities": [], "text": "张三"}, "E107", ["entities"]),
+    ({"entities": ["人名", " "], "text": "张三"}, "E009", ["non-blank"]),
+    ({"entities": ["人名"], "text": "张三", "relation_threshold": 0.5}, "E029", ["relation_threshold applies"]),
+    ({"instruction": PER, "text": "张三", "flat_ner": True}, "E029", ["flat_ner applies"]),
+    ({"schema": {}, "text": "张三"}, "E005", ["entities"]),
+    ({"schema": {"entities": [" "]}, "text": "张三"}, "E009", ["non-blank"]),
+    ({"schema": {"relations": [{"subject": "人名", "predicate": ""}]}, "text": "张三"}, "E006", ["predicate"]),
+    ({"schema": {"relations": [{"subject": "人名"}]}, "text": "张三"}, "E107", ["predicate"]),
+    ({"instruction": PER, "text": "张三", "bogus": 1}, "E107", ["bogus"]),
 ])
-def test_invalid_requests_get_422_error_bodies(extractor, body, words):
+def test_invalid_requests_get_422_error_bodies(extractor, body, code, words):
     async def go():
         async with serving(create_app(make_settings(), extractor=extractor)) as c:
-            assert_error(await c.post("/extract", json=body), 422, "E107", *words)
+            assert_error(await c.post("/extract", json=body), 422, code, *words)
     run(go())
 
 

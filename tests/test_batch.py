@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hugie.api import create_app
-from hugie.batch import LocalRunner, RemoteRunner, errors_path_for, load_schema, run_batch
+
+from hugie.batch import LocalRunner, RemoteRunner, batch_task, errors_path_for, load_schema, run_batch
 from hugie.client import Client
 from hugie.errors import HugieError
 from tests.test_api import ANSWERS, PER, make_extractor, make_settings
@@ -35,7 +35,7 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def runner(tiny_tokenizer):
-    return LocalRunner(make_extractor(tiny_tokenizer)[0], PER)
+    return LocalRunner(make_extractor(tiny_tokenizer)[0], batch_task(instruction=PER))
 
 
 def docs(n: int) -> list[dict]:
@@ -102,7 +102,7 @@ def test_schema_mode(tmp_path, tiny_tokenizer):
     ex, _ = make_extractor(tiny_tokenizer)
     schema = load_schema(write(tmp_path / "schema.json", json.dumps({"entities": ["人名", "地名"]})))
     src = write(tmp_path / "in.jsonl", json.dumps({"id": 1, "text": "张三去了北京"}, ensure_ascii=False) + "\n")
-    run_batch(str(src), tmp_path / "out.jsonl", LocalRunner(ex, schema=schema), progress=False)
+    run_batch(str(src), tmp_path / "out.jsonl", LocalRunner(ex, batch_task(schema=schema)), progress=False)
     [rec] = read_jsonl(tmp_path / "out.jsonl")
     assert rec["id"] == 1 and rec["relations"] == []
     assert [(e["type"], e["text"]) for e in rec["entities"]] == [("人名", "张三"), ("地名", "北京")]
@@ -110,10 +110,24 @@ def test_schema_mode(tmp_path, tiny_tokenizer):
         load_schema(write(tmp_path / "bad.json", "{}"))
     with pytest.raises(HugieError, match="E006"):
         load_schema(write(tmp_path / "bad.json", '{"relations": [{"subject": "人名"}]}'))
-    with pytest.raises(HugieError, match=r"E026.*relation_threshold: Input should be less than or equal to 1"):
+    with pytest.raises(HugieError, match=r"E003.*got 2"):
         load_schema(write(tmp_path / "bad.json", '{"entities": ["人名"], "relation_threshold": 2}'))
-    assert load_schema(write(tmp_path / "s.json", '{"entities": ["人名"], "relation_threshold": 0.9}'),
-                       relation_threshold=0.6).relation_threshold == 0.6
+    assert load_schema(write(tmp_path / "s.json", '{"entities": ["人名"], "relation_threshold": 0.9}')) == \
+        {"entities": ["人名"], "relation_threshold": 0.9}
+
+
+def test_entity_types_mode(tmp_path, tiny_tokenizer):
+    ex, _ = make_extractor(tiny_tokenizer)
+    src = write(tmp_path / "in.jsonl", json.dumps({"id": 1, "text": "张三去了北京"}, ensure_ascii=False) + "\n")
+    run_batch(str(src), tmp_path / "out.jsonl", LocalRunner(ex, batch_task(entities=["人名", "地名"])), progress=False)
+    [rec] = read_jsonl(tmp_path / "out.jsonl")
+    assert rec["id"] == 1 and sorted(rec["entities"]) == ["人名", "地名"]
+    assert [s["text"] for s in rec["entities"]["人名"]] == ["张三"]
+    assert [s["text"] for s in rec["entities"]["地名"]] == ["北京"]
+    with pytest.raises(HugieError, match="E009"):
+        batch_task(entities=["人名", " "])
+    with pytest.raises(HugieError, match="E029"):
+        batch_task(entities=["人名"], instruction=PER)
 
 
 def test_resume_skips_done_records_and_cuts_a_torn_last_line(tmp_path, runner):
@@ -165,7 +179,7 @@ def test_url_mode_through_the_sdk(tmp_path, tiny_tokenizer, runner):
     run_batch(str(src), tmp_path / "local.jsonl", runner, progress=False)
     with running_server(create_app(make_settings(max_text_chars=50, max_batch_items=4), extractor=ex)) as (url, _):
         with Client(url, batch_size=4) as client:
-            stats = run_batch(str(src), tmp_path / "remote.jsonl", RemoteRunner(client, PER), batch_size=4,
+            stats = run_batch(str(src), tmp_path / "remote.jsonl", RemoteRunner(client, batch_task(instruction=PER)), batch_size=4,
                               workers=2, progress=False)
     remote = read_jsonl(tmp_path / "remote.jsonl")
     local = [r for r in read_jsonl(tmp_path / "local.jsonl") if r["id"] != "long"]
@@ -271,4 +285,4 @@ def test_cli_with_a_model_dir(tmp_path, random_model_dir):
     again = CliRunner().invoke(app, cmd[3:])  # in-process: the output exists now
     assert again.exit_code == 2 and "--resume" in again.output
     neither = CliRunner().invoke(app, cmd[3:7])
-    assert neither.exit_code != 0 and "exactly one of --instruction, --schema" in neither.output
+    assert neither.exit_code != 0 and "exactly one of --instruction, --entities, --schema" in neither.output

@@ -39,7 +39,7 @@ def test_extract_instruction_entities_schema(tmp_path, trained_model_dir):
     assert res.exit_code == 0, res.output
     assert [s["text"] for s in json.loads(res.stdout)["spans"]] == ["李四"]
     res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名,地名", *m])
-    assert json.loads(res.stdout)["地名"][0]["text"] == "上海"
+    assert json.loads(res.stdout)["entities"]["地名"][0]["text"] == "上海"
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({"relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}))
     res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), *m])
@@ -65,7 +65,7 @@ def test_extract_one_type_per_span(untrained_model_dir):
     def spans(*extra):
         res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名,地名", *m, *extra])
         assert res.exit_code == 0, res.output
-        return {t: {(s["start"], s["end"]) for s in v} for t, v in json.loads(res.stdout).items()}
+        return {t: {(s["start"], s["end"]) for s in v} for t, v in json.loads(res.stdout)["entities"].items()}
 
     loose, flat = spans(), spans("--one-type-per-span")
     assert loose["人名"] & loose["地名"], "an untrained model at a tiny threshold answers both types"
@@ -83,13 +83,13 @@ def test_one_type_per_span_follows_the_model_unless_asked(untrained_model_dir, t
     def overlap(*extra):
         res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名,地名", *m, *extra])
         assert res.exit_code == 0, res.output
-        found = {t: {(s["start"], s["end"]) for s in v} for t, v in json.loads(res.stdout).items()}
+        found = {t: {(s["start"], s["end"]) for s in v} for t, v in json.loads(res.stdout)["entities"].items()}
         return found["人名"] & found["地名"]
 
     assert not overlap(), "the model's default: one type per span"
     assert overlap("--all-types"), "an untrained model at a tiny threshold answers both types"
     res = runner.invoke(app, ["extract", "李四出生于上海", "-i", "找人名", "--all-types", *m])
-    assert res.exit_code != 0 and "--one-type-per-span applies to --entities and --schema" in res.output
+    assert res.exit_code != 0 and "one_type_per_span applies to entities and schema requests" in res.output
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({"entities": ["人名", "地名"], "one_type_per_span": False}))
     res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), *m])
@@ -99,7 +99,7 @@ def test_one_type_per_span_follows_the_model_unless_asked(untrained_model_dir, t
     (tmp_path / "in.txt").write_text("李四出生于上海\n", encoding="utf-8")
     res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-i", "找人名",
                               "--all-types", *m])
-    assert res.exit_code != 0 and "--one-type-per-span applies to --schema" in res.output
+    assert res.exit_code != 0 and "one_type_per_span applies to entities and schema requests" in res.output
     res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-s", str(schema),
                               "--one-type-per-span", "--no-progress", *m])
     assert res.exit_code == 0, res.output
@@ -115,7 +115,9 @@ def test_flat_ner_option(untrained_model_dir, tmp_path):
         res = runner.invoke(app, ["extract", "李四出生于上海", *args, *m])
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout)
-        found = out["entities"] if "entities" in out else [{"type": t, **s} for t, v in out.items() for s in v]
+        found = out["entities"]
+        if isinstance(found, dict):  # entity types: {type: spans}
+            found = [{"type": t, **s} for t, v in found.items() for s in v]
         return sorted((s["start"], s["end"]) for s in found)
 
     def overlapping(found):
@@ -131,12 +133,12 @@ def test_flat_ner_option(untrained_model_dir, tmp_path):
     res = runner.invoke(app, ["extract", "李四出生于上海", "-s", str(schema), "--all-types", *m])
     assert res.exit_code != 0 and "E027" in res.output, "a flat schema cannot also keep every type"
     res = runner.invoke(app, ["extract", "李四出生于上海", "-i", "找人名", "--flat-ner", *m])
-    assert res.exit_code != 0 and "--flat-ner applies to --entities and --schema" in res.output
+    assert res.exit_code != 0 and "flat_ner applies to entities and schema requests" in res.output
 
     (tmp_path / "in.txt").write_text("李四出生于上海\n", encoding="utf-8")
     out = tmp_path / "o.jsonl"
     res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(out), "-i", "找人名", "--flat-ner", *m])
-    assert res.exit_code != 0 and "--flat-ner applies to --schema" in res.output
+    assert res.exit_code != 0 and "flat_ner applies to entities and schema requests" in res.output
     schema.write_text(json.dumps({"entities": ["人名", "地名"]}))
     res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(out), "-s", str(schema), "--flat-ner",
                               "--no-progress", *m])
@@ -160,11 +162,11 @@ def test_flat_ner_option(untrained_model_dir, tmp_path):
 def test_relation_threshold_option(untrained_model_dir, tmp_path):
     m = ["--model", str(untrained_model_dir), "--backend", "torch"]
     res = runner.invoke(app, ["extract", "李四出生于上海", "-e", "人名", "--relation-threshold", "0.5", *m])
-    assert res.exit_code != 0 and "--relation-threshold applies to --schema" in res.output
+    assert res.exit_code != 0 and "relation_threshold applies to schema requests" in res.output
     (tmp_path / "in.txt").write_text("李四出生于上海\n", encoding="utf-8")
     res = runner.invoke(app, ["batch", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.jsonl"), "-i", "找人名",
                               "--relation-threshold", "0.5", *m])
-    assert res.exit_code != 0 and "--relation-threshold applies to --schema" in res.output
+    assert res.exit_code != 0 and "relation_threshold applies to schema requests" in res.output
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({"relations": [{"subject": "人名", "predicate": "出生地"}]}))
 

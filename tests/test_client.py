@@ -13,10 +13,10 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import uvicorn
-
 from hugie.api import create_app
+
 from hugie.client import AsyncClient, Client, HugieAPIError
-from hugie.types import Schema, SchemaResult, Span
+from hugie.types import EntitiesResult, ExtractRequest, Schema, SchemaResult, Span
 from tests.test_api import LOC, PER, make_extractor, make_settings
 
 
@@ -76,12 +76,17 @@ def test_client_extract_schema_batch_and_info(server_url):
         assert c.extract_schema("李四", {"entities": ["人名"]}).entities[0].text == "李四"
 
         names = ["张三", "李四", "赵云", "陈静", "刘德华", "周杰伦", "孙悟空"]
-        items = [(PER, f"{n}去了上海") for n in names]  # 7 items in chunks of 3 (server limit is 4)
+        items = [{"instruction": PER, "text": f"{n}去了上海"} for n in names]  # 7 in chunks of 3 (server limit: 4)
         items.insert(2, {"text": "王小明在北京", "schema": {"entities": ["地名"]}})
-        results = c.extract_batch(items)
-        assert len(results) == 8
+        items.insert(5, ExtractRequest(text="王小明在北京", entities=["人名", "地名"]))
+        results = c.run(items)
+        assert len(results) == 9
         assert isinstance(results[2], SchemaResult) and results[2].entities[0].text == "北京"
-        assert [[s.text for s in r] for i, r in enumerate(results) if i != 2] == [[n] for n in names]
+        assert isinstance(results[5], EntitiesResult)
+        assert {t: [s.text for s in v] for t, v in results[5].entities.items()} == {"人名": ["王小明"], "地名": ["北京"]}
+        assert [[s.text for s in r.spans] for i, r in enumerate(results) if i not in (2, 5)] == [[n] for n in names]
+        by_type = c.extract_entities("张三在北京", ["人名", "地名"], top_k=1)
+        assert {t: [s.text for s in v] for t, v in by_type.items()} == {"人名": ["张三"], "地名": ["北京"]}
 
         assert c.health() == {"status": "ok"} and c.ready() == {"status": "ready"}
         assert c.info()["backend"] == "fake"
@@ -95,7 +100,7 @@ def test_client_errors_carry_status_code_message_and_request_id(server_url):
         assert (err.status, err.code) == (413, "E100")
         assert "51 characters" in err.message and "limit is 50" in err.message and err.request_id
         with pytest.raises(HugieAPIError) as info:
-            Client(server_url, batch_size=5, retries=0).extract_batch([(PER, "张三")] * 5)
+            Client(server_url, batch_size=5, retries=0).run([{"instruction": PER, "text": "张三"}] * 5)
         assert (info.value.status, info.value.code) == (413, "E102")
         with pytest.raises(HugieAPIError) as info:
             c.extract("人" * 200, "张三")
@@ -109,8 +114,10 @@ def test_async_client(server_url):
                                                  c.extract_schema("张三", {"entities": ["人名"]}))
             assert [s.text for s in spans] == ["上海"] and result.entities[0].text == "张三"
             names = ["张三", "李四", "赵云", "陈静", "刘德华"]
-            results = await c.extract_batch([(PER, n) for n in names])
-            assert [[s.text for s in r] for r in results] == [[n] for n in names]
+            results = await c.run([{"instruction": PER, "text": n} for n in names])
+            assert [[s.text for s in r.spans] for r in results] == [[n] for n in names]
+            by_type = await c.extract_entities("张三在上海", ["地名"])
+            assert [s.text for s in by_type["地名"]] == ["上海"]
             with pytest.raises(HugieAPIError) as info:
                 await c.extract(PER, "张" * 51)
             assert info.value.code == "E100"

@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from hugie.data import (apply_label_map, convert_cluener, convert_conll, convert_duie, load_label_map,
-                        read_jsonl, write_jsonl)
+from hugie.data import (
+    apply_label_map,
+    convert_cluener,
+    convert_conll,
+    convert_duie,
+    load_label_map,
+    read_jsonl,
+    write_jsonl,
+)
 from hugie.errors import HugieError
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hugie.batch import LocalRunner, count_records, errors_path_for, read_inputs, run_batch
+from hugie.batch import LocalRunner, batch_task, count_records, errors_path_for, read_inputs, run_batch
 from hugie.cli import app
 from hugie.distributed import _read_split, parts_dir_for, plan_partitions
 from hugie.errors import HugieError
@@ -122,14 +122,15 @@ def model_dir(tmp_path_factory, tiny_tokenizer):
     return directory
 
 
-def _actors_in_process(model_dir, instruction=PER, schema=None, fail_after=None, top_k=3):
+def _actors_in_process(model_dir, task=None, fail_after=None):
     """Stands in for the cluster: the actor's own code, run here (``fail_after`` partitions, then a crash)."""
     def run(ray, partitions, specs, collector, *args, **kwargs):
         import numpy as np
 
         import hugie.distributed as hd
 
-        actor = hd.ExtractActor(str(model_dir), "torch", "cpu", instruction, schema, 0.3, top_k)
+        actor = hd.ExtractActor(str(model_dir), "torch", "cpu", task or batch_task(instruction=PER, threshold=0.3,
+                                                                                    top_k=3))
         for n, p in enumerate(partitions):
             if n == fail_after:
                 raise RuntimeError("driver killed")
@@ -151,12 +152,14 @@ def test_engine_pipeline_in_schema_mode_on_csv_matches_in_process(tmp_path, mode
     src = _write_inputs(tmp_path)["csv"]
     ref = tmp_path / "ref.jsonl"
     ex = Extractor.load(model_dir, backend="torch", device="cpu")
-    run_batch(str(src), ref, LocalRunner(ex, schema=schema, threshold=0.3, top_k=1), batch_size=4, progress=False)
+    run_batch(str(src), ref, LocalRunner(ex, batch_task(schema=schema, threshold=0.3, top_k=1)), batch_size=4,
+              progress=False)
     monkeypatch.setattr(hd, "_init_ray", lambda *a: False)
-    monkeypatch.setattr(hd, "_extract_on_ray", _actors_in_process(model_dir, None, schema, top_k=1))
+    task = batch_task(schema=schema, threshold=0.3, top_k=1)
+    monkeypatch.setattr(hd, "_extract_on_ray", _actors_in_process(model_dir, task))
     out = tmp_path / "out.jsonl"
-    stats = hd.run_batch_ray(str(src), out, schema=schema, model=str(model_dir), backend="torch", device="cpu",
-                             threshold=0.3, top_k=1, batch_size=4, partition_docs=12, split_docs=4, progress=False)
+    stats = hd.run_batch_ray(str(src), out, task=task, model=str(model_dir), backend="torch", device="cpu",
+                             batch_size=4, partition_docs=12, split_docs=4, progress=False)
     assert lines_of(out) == lines_of(ref) and stats.written == len(lines_of(ref)) > 30
     assert sorted(lines_of(errors_path_for(out))) == sorted(lines_of(errors_path_for(ref)))
     assert any(json.loads(line)["relations"] for line in lines_of(out))
@@ -200,7 +203,6 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 def test_torchrun_two_gloo_processes_follow_the_single_process_losses_and_resume(
         tmp_path, tiny_tokenizer, monkeypatch):
     import torch
-
     from hugie.training.trainer import TrainConfig, Trainer
 
     monkeypatch.setenv("HUGIE_LOG_EVERY", "1")
@@ -258,9 +260,9 @@ def test_ray_two_workers_write_the_in_process_records_exactly_once_across_crashe
     from hugie.extractor import Extractor
 
     src = _write_inputs(tmp_path)["jsonl"]
-    opts = dict(threshold=0.3, top_k=3)  # a random tiny model: low threshold, so there are spans to compare
-    ref = tmp_path / "ref.jsonl"
-    run_batch(str(src), ref, LocalRunner(Extractor.load(model_dir, backend="torch", device="cpu"), PER, **opts),
+    task = batch_task(instruction=PER, threshold=0.3, top_k=3)  # a random tiny model: low threshold, so there
+    ref = tmp_path / "ref.jsonl"                                   # are spans to compare
+    run_batch(str(src), ref, LocalRunner(Extractor.load(model_dir, backend="torch", device="cpu"), task),
               batch_size=4, progress=False)
     expected = lines_of(ref)
     expected_errors = sorted(lines_of(errors_path_for(ref)))
@@ -268,8 +270,8 @@ def test_ray_two_workers_write_the_in_process_records_exactly_once_across_crashe
     monkeypatch.setenv("HUGIE_RAY_PARTITION_DOCS", "12")  # 3 chunks of 4 per partition,
     monkeypatch.setenv("HUGIE_RAY_SPLIT_DOCS", "4")  # each chunk its own split (read task)
     out = tmp_path / "out.jsonl"
-    kw = dict(instruction=PER, model=str(model_dir), backend="torch", device="cpu", batch_size=4, workers=2,
-              progress=False, **opts)
+    kw = dict(task=task, model=str(model_dir), backend="torch", device="cpu", batch_size=4, workers=2,
+              progress=False)
 
     # 1. an earlier run died after committing two partitions; here the actor's code runs in-process
     #    (one cluster run per test keeps CI fast; a real mid-run kill goes the same way)

@@ -76,7 +76,7 @@ def test_bad_inputs_raise_catalogued_errors(tiny_tokenizer):
         ex.extract_schema("张三", {"relations": [{"subject": "人名"}]})
     with pytest.raises(HugieError, match="E009"):
         ex.extract_schema("张三", {"relations": [{"subject": "", "predicate": "出生地"}]})
-    with pytest.raises(HugieError, match=r"E026\] invalid schema: one_type_per_span: Input should be a valid boolean"):
+    with pytest.raises(HugieError, match=r"E029\] invalid request: one_type_per_span: Input should be a valid boolean"):
         ex.extract_schema("张三", {"entities": ["人名"], "one_type_per_span": "sometimes"})
     assert ex.extract(PER, "") == []
 
@@ -92,12 +92,12 @@ def test_extract_entities_and_schema_chaining(tiny_tokenizer):
     backend.calls.clear()
     result = ex.extract_schema(text, {"entities": ["地名"],
                                       "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]})
-    assert {(e["type"], e["text"]) for e in result["entities"]} == {
+    assert {(e.type, e.text) for e in result.entities} == {
         ("地名", "北京"), ("地名", "上海"), ("人名", "张三"), ("人名", "李四")}
-    triples = {(r["subject"]["text"], r["predicate"], r["object"]["text"]) for r in result["relations"]}
+    triples = {(r.subject.text, r.predicate, r.object.text) for r in result.relations}
     assert triples == {("张三", "出生地", "北京"), ("李四", "出生地", "上海")}
-    rel = next(r for r in result["relations"] if r["subject"]["text"] == "李四")
-    assert rel["score"] == pytest.approx(0.8 * 0.75, abs=1e-3) and rel["object"]["type"] == "地名"
+    rel = next(r for r in result.relations if r.subject.text == "李四")
+    assert rel.score == pytest.approx(0.8 * 0.75, abs=1e-3) and rel.object.type == "地名"
     assert len(backend.calls) == 2, "one batched entity pass, one batched relation pass"
 
 
@@ -134,12 +134,12 @@ def test_one_type_per_span_keeps_the_best_scoring_type(tiny_tokenizer):
 
     schema = {"entities": ["地名"], "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}
     loose = ex.extract_schema(text, schema)
-    assert {(r["subject"]["text"], r["object"]["text"]) for r in loose["relations"]} == {("张三", "北京"), ("北京", "张三")}
+    assert {(r.subject.text, r.object.text) for r in loose.relations} == {("张三", "北京"), ("北京", "张三")}
     strict = ex.extract_schema(text, {**schema, "one_type_per_span": True})
-    assert {(e["type"], e["text"]) for e in strict["entities"]} == {("人名", "张三"), ("地名", "北京")}
-    assert strict["relations"] == loose["relations"], "relation subjects come from each type's own pass"
+    assert {(e.type, e.text) for e in strict.entities} == {("人名", "张三"), ("地名", "北京")}
+    assert strict.relations == loose.relations, "relation subjects come from each type's own pass"
     flat = ex.extract_schema(text, {**schema, "flat_ner": True})
-    assert flat["entities"] == strict["entities"] and flat["relations"] == loose["relations"]
+    assert flat.entities == strict.entities and flat.relations == loose.relations
 
     gold = [Record("r", text, [EntitySpan("人名", 0, 2, "张三"), EntitySpan("地名", 5, 7, "北京")])]
     assert evaluate_ner(ex, gold)["precision"] == 50.0
@@ -201,8 +201,8 @@ def test_flat_ner_is_the_models_default_unless_a_call_or_schema_says_otherwise(t
     assert found(one_type_per_span=False) == every, "asking for every type turns the default flat off"
 
     schema = {"entities": ["人名", "地名"]}
-    assert sorted(e["text"] for e in ex.extract_schema(text, schema)["entities"]) == ["上海市", "李四"]
-    assert sorted(e["text"] for e in ex.extract_schema(text, {**schema, "flat_ner": False})["entities"]) == \
+    assert sorted(e.text for e in ex.extract_schema(text, schema).entities) == ["上海市", "李四"]
+    assert sorted(e.text for e in ex.extract_schema(text, {**schema, "flat_ner": False}).entities) == \
         ["上海", "上海市", "四在", "李四"]
     with pytest.raises(HugieError, match="E027"):
         ex.extract_schema(text, {**schema, "flat_ner": True, "one_type_per_span": False})
@@ -227,7 +227,7 @@ def test_relation_objects_use_the_relation_threshold(tiny_tokenizer):
 
     def triples(**kw):
         result = ex.extract_schema(text, {**schema, **kw.pop("schema", {})}, **kw)
-        return {(r["subject"]["text"], r["object"]["text"]) for r in result["relations"]}
+        return {(r.subject.text, r.object.text) for r in result.relations}
 
     assert triples() == {("张三", "北京")}, "李四 is a subject at 0.5; his object misses the model's 0.8"
     assert triples(threshold=0.5) == {("张三", "北京"), ("李四", "上海")}, "an explicit threshold applies to all"
@@ -246,3 +246,38 @@ def test_relation_objects_use_the_relation_threshold(tiny_tokenizer):
     strict = evaluate_re(ex, gold)
     assert strict["recall"] == 0.0 and strict["relation_threshold"] == 0.8
     assert evaluate_re(ex, gold, relation_threshold=0.6)["recall"] == 100.0
+
+
+def test_run_plans_every_request_and_packs_passes_across_documents(tiny_tokenizer):
+    answers = {PER: [("张三", 0.9), ("李四", 0.8)], LOC: [("北京", 0.9), ("上海", 0.6)],
+               "找到文章中【张三】的【出生地】？": [("北京", 0.9)], "找到文章中【李四】的【出生地】？": [("上海", 0.75)]}
+    ex, backend = make(tiny_tokenizer, answers)
+    texts = ["张三出生于北京", "李四出生于上海", "张三和李四"]
+    schema = {"entities": ["地名"], "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}
+    requests = [{"text": t, "schema": schema} for t in texts]
+    requests += [{"text": texts[0], "entities": ["人名", "地名"], "top_k": 1}, {"text": texts[1], "instruction": PER}]
+    results = ex.run(requests)
+    assert [type(r).__name__ for r in results] == ["SchemaResult"] * 3 + ["EntitiesResult", "SpansResult"]
+    assert len(backend.calls) == 2, "all entity passes in one call, all relation passes in a second"
+    assert backend.calls[0] == 6, "3 documents x 2 types; the same (instruction, text) asked twice runs once"
+    assert backend.calls[1] == 4, "one relation pass per subject found (the third text has two)"
+    assert {(r.subject.text, r.object.text) for r in results[0].relations} == {("张三", "北京")}
+    assert {(r.subject.text, r.object.text) for r in results[1].relations} == {("李四", "上海")}
+    assert [s.text for s in results[3].entities["人名"]] == ["张三"] and [s.text for s in results[4].spans] == ["李四"]
+    alone = [ex.run([r])[0] for r in requests]
+    assert alone == results, "a request's answer does not depend on what it was batched with"
+    assert [ex.passes(r) for r in requests] == [2, 2, 2, 2, 1]
+
+
+def test_run_validates_every_request_before_any_work(tiny_tokenizer):
+    ex, backend = make(tiny_tokenizer, {PER: [("张三", 0.9)]})
+    good = {"text": "张三", "instruction": PER}
+    for bad, code in (({"text": "张三"}, "E029"), ({"text": "张三", "entities": ["人名"], "flat_ner": True,
+                                                  "one_type_per_span": False}, "E027"),
+                      ({"text": "张三", "instruction": PER, "top_k": "3"}, "E004"),
+                      ({"text": "张三", "instruction": PER, "one_type_per_span": True}, "E029"), ("张三", "E029")):
+        with pytest.raises(HugieError) as err:
+            ex.run([good, bad])
+        assert err.value.code == code, err.value
+    assert backend.calls == []
+    assert ex.run([]) == []

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from hugie.api import Settings, create_app
+
 from hugie.client import Client, HugieAPIError
 from hugie.instructions import TEMPLATES
 from tests.conftest import PERSONS, PLACES
@@ -382,8 +382,8 @@ def test_a_client_timeout_leaves_no_work_behind(model_dir):
             wait_until(lambda: gate.waiting == 1, "the first request reached the model")
             queued = [threading.Thread(target=give_up, args=(f"queued{i}", lambda c, i=i: c.extract(PER, f"李四{i}")))
                       for i in range(3)]
-            queued.append(threading.Thread(target=give_up, args=("batch", lambda c: c.extract_batch(
-                [(PER, "赵云"), (PER, "陈静"), (PER, "孙悟空")]))))
+            queued.append(threading.Thread(target=give_up, args=("batch", lambda c: c.run(
+                [{"instruction": PER, "text": n} for n in ("赵云", "陈静", "孙悟空")]))))
             for t in queued:
                 t.start()
             for t in [first, *queued]:

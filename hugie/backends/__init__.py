@@ -6,10 +6,12 @@ it returns the spans above a logit threshold as (batch, start, end) token rows a
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import numpy as np
 
+from ..errors import HugieError
 from ..tokenization import PairBatch
 
 
@@ -27,3 +29,15 @@ class Backend(Protocol):
 
 
 BACKENDS = ("torch", "onnx")
+
+_DEVICE = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """``("auto" | "cpu" | "cuda", CUDA device index or None)`` of ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (else E014)."""
+    match = _DEVICE.fullmatch(device.strip().lower()) if isinstance(device, str) else None
+    if match is None:
+        raise HugieError("E014", device=device, reason="use auto, cpu, cuda or cuda:N")
+    kind = match.group(0).split(":")[0]
+    return kind, int(match.group(1)) if match.group(1) is not None else None

@@ -1,24 +1,23 @@
 """onnxruntime backend: the exported encoder plus the span scorer in one session.
 
 Providers are chosen automatically (CUDA, then CPU; an int8 export stays on the CPU, where its
-dynamic-quantization kernels live). The scorer is the fused ``SpanScore`` op
-when its library builds, else the standard-ONNX fallback graph — same outputs either way.
-Sessions are keyed by the logit threshold (an attribute of the scorer node) and cached; a request
-for a higher threshold reuses a cached lower one and filters its spans, so only thresholds below
-every cached one build a session.
+dynamic-quantization kernels live); ``cuda:N`` runs on GPU N. The scorer is the fused ``SpanScore``
+op when its library has been built (``hugie kernels build``), else the standard-ONNX fallback graph —
+same outputs either way. The logit threshold is a graph input: one session per model, built at load
+and shared by every thread (onnxruntime's ``run`` is thread-safe).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HugieError
 from ..tokenization import PairBatch
+from . import parse_device
 
 log = logging.getLogger("hugie.onnx")
 
@@ -97,18 +96,19 @@ def narrow_int8_weights(model, bits: int = 7) -> int:
 
 
 def choose_providers(device: str, quantize: str = "none") -> list[str]:
-    """onnxruntime providers for ``device`` (auto, cpu, cuda) and an export's ``quantize`` mode."""
+    """onnxruntime providers for ``device`` (auto, cpu, cuda, cuda:N) and an export's ``quantize`` mode."""
     import onnxruntime as ort
 
+    kind, _ = parse_device(device)
     available = ort.get_available_providers()
     cuda = "CUDAExecutionProvider" in available
-    if device == "auto":
+    if kind == "auto":
         if cuda and quantize in CPU_ONLY_QUANTIZATION:
             log.info("device auto: this %s export runs on the CPU provider (its quantized ops have no CUDA "
                      "kernels); export with --quantize fp16 for CUDA", quantize)
             return ["CPUExecutionProvider"]
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    if device.startswith("cuda"):
+    if kind == "cuda":
         if not cuda:
             raise HugieError("E014", device=device, reason=f"onnxruntime providers are {available}; "
                              "install onnxruntime-gpu for CUDA")
@@ -116,12 +116,21 @@ def choose_providers(device: str, quantize: str = "none") -> list[str]:
             log.warning("device %s with a %s export: its quantized ops run on the CPU provider, which is "
                         "slower than device cpu; export with --quantize fp16 for CUDA", device, quantize)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    raise HugieError("E014", device=device, reason="use auto, cpu or cuda")
+    return ["CPUExecutionProvider"]
+
+
+def session_providers(device: str, quantize: str = "none") -> list[tuple[str, dict]]:
+    """``(provider, options)`` pairs for ``InferenceSession``: the CUDA provider gets ``device_id`` N of
+    ``cuda:N`` (0 for ``cuda`` and ``auto``)."""
+    _, index = parse_device(device)
+    return [(name, {"device_id": index or 0} if name == "CUDAExecutionProvider" else {})
+            for name in choose_providers(device, quantize)]
 
 
 class OnnxBackend:
+    """One InferenceSession per model (encoder + span scorer), built at load and shared by every thread:
+    the logit threshold is a graph input, so no request builds a session."""
+
     name = "onnx"
 
     def __init__(self, path: str | Path, config, device: str = "auto", threads: int | None = None,
@@ -129,23 +138,27 @@ class OnnxBackend:
         import onnx
         import onnxruntime as ort
 
-        from ..kernels import custom_op_library
+        from ..kernels import attach_span_scorer, custom_op_library
 
         self.path = Path(path)
         onnx_cfg = getattr(config, "onnx", None) or {}
         file = onnx_cfg.get("file", "encoder.onnx")
         if not (self.path / file).exists():
             raise HugieError("E012", path=self.path, file=file)
-        self.encoder = onnx.load(str(self.path / file))
         self.quantize = onnx_cfg.get("quantize", "none")
         self.fp32_matmuls = onnx_cfg.get("fp32_matmuls", [])
         self.outlier_channels = onnx_cfg.get("outlier_channels", {})
-        self.providers = choose_providers(device, self.quantize)
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        providers = session_providers(device, self.quantize)
+        self.providers = [name for name, _ in providers]
+        _, index = parse_device(device)
+        cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.device = ("cuda" if index is None else f"cuda:{index}") if cuda else "cpu"
+        self.max_width = int(config.max_span_width)
+        encoder = onnx.load(str(self.path / file))
         self.int8_weight_bits = None
         if self.quantize == "int8":
             self.int8_weight_bits = int8_weight_bits()
-            if narrow_int8_weights(self.encoder, self.int8_weight_bits):
+            if narrow_int8_weights(encoder, self.int8_weight_bits):
                 log.info("int8 weights narrowed to %d bits: this CPU's int8 GEMM has no VNNI and would saturate",
                          self.int8_weight_bits)
         self.library = custom_op_library() if use_custom_op in (None, True) else None
@@ -153,59 +166,48 @@ class OnnxBackend:
             log.warning("SpanScore custom op requested but unavailable; using the fallback graph")
         self.threads = threads or int(os.environ.get("HUGIE_THREADS", "0")) or None
         self._ort = ort
-        self._sessions: OrderedDict[tuple[float, int], object] = OrderedDict()
+
+        model = attach_span_scorer(encoder, self.max_width, use_custom_op=self.library is not None)
+        del encoder
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        if self.library:
+            opts.register_custom_ops_library(self.library)
+        disabled = list(CPU_DISABLED_FUSIONS) if not cuda else None
+        self.session = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers,
+                                            disabled_optimizers=disabled)
         if warmup:
-            self.warmup(config.threshold, config.max_span_width)
+            self.warmup(config.threshold, self.max_width)
 
     @property
     def scorer(self) -> str:
         return "SpanScore custom op" if self.library else "standard-ONNX fallback"
 
-    def _session(self, threshold: float, max_width: int):
-        key = (round(float(threshold), 6), int(max_width))
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-            return self._sessions[key]
-        from ..kernels import attach_span_scorer
-
-        model = attach_span_scorer(self.encoder, key[0], key[1], use_custom_op=self.library is not None)
-        opts = self._ort.SessionOptions()
-        opts.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        if self.library:
-            opts.register_custom_ops_library(self.library)
-        disabled = list(CPU_DISABLED_FUSIONS) if self.device == "cpu" else None
-        session = self._ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=self.providers,
-                                             disabled_optimizers=disabled)
-        self._sessions[key] = session
-        while len(self._sessions) > 4:
-            self._sessions.popitem(last=False)
-        return session
-
-    def _session_at_or_below(self, threshold: float, max_width: int):
-        """A cached session whose threshold is the highest one ≤ ``threshold`` (else a new one)."""
-        cached = [key for key in self._sessions if key[1] == int(max_width) and key[0] <= threshold]
-        if cached:
-            return self._session(*max(cached))
-        return self._session(threshold, max_width)
-
     def score(self, batch: PairBatch, threshold: float, max_width: int):
+        """Spans of ``batch`` whose logit is above ``threshold`` and width below ``max_width`` (at most the
+        model's); safe to call from several threads at once."""
+        if max_width > self.max_width:
+            raise ValueError(f"max_width {max_width} is over the {self.max_width} this session was built for "
+                             "(the model's max_span_width)")
         if batch.input_ids.size == 0:
             return np.zeros((0, 3), np.int64), np.zeros((0,), np.float32)
-        session = self._session_at_or_below(threshold, max_width)
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "span_mask": batch.span_mask}
-        if self.device == "cuda":
-            binding = session.io_binding()
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "span_mask": batch.span_mask,
+                 "threshold": np.array(threshold, dtype=np.float32)}
+        if self.device != "cpu":
+            binding = self.session.io_binding()  # one binding per call: calls may run concurrently
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
             binding.bind_output("spans", "cpu")
             binding.bind_output("scores", "cpu")
-            session.run_with_iobinding(binding)
+            self.session.run_with_iobinding(binding)
             spans, scores = binding.copy_outputs_to_cpu()
         else:
-            spans, scores = session.run(["spans", "scores"], feeds)
-        keep = scores > threshold  # the scorer's own rule, for a session built at a lower threshold
+            spans, scores = self.session.run(["spans", "scores"], feeds)
+        keep = scores > threshold  # float32 logits against the exact threshold, as the torch backend compares
+        if max_width < self.max_width:
+            keep &= spans[:, 2] - spans[:, 1] < max_width
         return spans[keep].astype(np.int64), scores[keep].astype(np.float32)
 
     def warmup(self, threshold: float, max_width: int) -> None:

@@ -8,16 +8,21 @@ import torch
 from ..errors import HugieError
 from ..scoring import span_scores_banded
 from ..tokenization import PairBatch
+from . import parse_device
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
+    """The torch device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (E014 when it is not there)."""
+    kind, index = parse_device(device)
+    if kind == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HugieError("E014", device=device, reason="torch sees no CUDA device")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise HugieError("E014", device=device, reason="use auto, cpu or cuda")
-    return device
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise HugieError("E014", device=device, reason="torch sees no CUDA device")
+        if index is not None and index >= torch.cuda.device_count():
+            raise HugieError("E014", device=device, reason=f"torch sees {torch.cuda.device_count()} CUDA device(s)")
+        return "cuda" if index is None else f"cuda:{index}"
+    return "cpu"
 
 
 class TorchBackend:

@@ -1,22 +1,27 @@
-"""Build (once, cached) the shared library holding the ``hugie::SpanScore`` onnxruntime custom op.
+"""Find, or explicitly build, the shared library holding the ``hugie::SpanScore`` onnxruntime custom op.
 
-``custom_op_library()`` returns the path of the compiled library, or ``None`` when it cannot be
-had (no compiler, no onnxruntime headers, apt offline, ...). It never raises: callers then use the
-standard-ONNX fallback graph from :mod:`hugie.kernels.graph`.
+Loading a model only *finds* a library (:func:`custom_op_library`): it never runs a compiler or a
+package manager. Without one the standard-ONNX fallback graph runs (same outputs, slower) and one
+log line says how to build it. Building is :func:`build_library` (``hugie kernels build``), run by
+hand, at install time or in an image's build stage.
 
-Layout under ``$HUGIE_CACHE`` (default ``~/.cache/hugie``)::
+Where :func:`custom_op_library` looks, in order (``HUGIE_DISABLE_CUSTOM_OP=1`` forces the fallback)::
 
-    kernels/<hash>/libhugie_span_score.so    hash of sources, flags, onnxruntime version, headers, nvcc
-    kernels/<hash>/build.json                what was built (with or without CUDA) and why
-    kernels/ort-headers/<version>/include/   onnxruntime headers from Debian's libonnxruntime-dev
-    kernels/apt/                             private apt state used to fetch that package
-    kernels/.build.lock                      serialises builds across processes
+    $HUGIE_SPAN_SCORE_LIB                               a library built elsewhere (e.g. a Docker build stage)
+    $HUGIE_CACHE/kernels/<key>/libhugie_span_score.so   default cache ~/.cache/hugie; key: hash of sources, flags
 
-Headers come from ``$HUGIE_ORT_INCLUDE`` when set (a directory holding ``onnxruntime_c_api.h``,
-``onnxruntime_cxx_api.h`` and ``onnxruntime_lite_custom_op.h``); otherwise Debian trixie's
-``libonnxruntime-dev`` (MIT) is downloaded with a private apt configuration and unpacked.
-The CUDA kernel is compiled in when ``nvcc`` is found (disable with ``HUGIE_CUDA=0``); if that
-fails the CPU-only library is built instead. ``HUGIE_DISABLE_CUSTOM_OP=1`` forces the fallback.
+Cache layout, as :func:`build_library` writes it::
+
+    kernels/<key>/libhugie_span_score.so, build.json    the library and what was built (with or without CUDA), how
+    kernels/ort-headers/<version>/include/              onnxruntime headers from Debian's libonnxruntime-dev
+    kernels/apt/                                        private apt state used to fetch that package
+    kernels/.build.lock                                 serialises builds across processes
+
+Headers come from the ``include`` argument, ``$HUGIE_ORT_INCLUDE`` (a directory holding
+``onnxruntime_c_api.h``, ``onnxruntime_cxx_api.h`` and ``onnxruntime_lite_custom_op.h``), the cache
+or a system include directory; with ``fetch_headers=True`` Debian trixie's ``libonnxruntime-dev``
+(MIT) is downloaded with a private apt configuration. The CUDA kernel is compiled in when ``nvcc`` is
+found (``HUGIE_CUDA=0`` or ``cuda=False`` skips it); if that fails the CPU-only library is built.
 """
 
 from __future__ import annotations
@@ -26,17 +31,23 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from ..errors import HugieError
+
 logger = logging.getLogger("hugie.kernels")
 
 LIBRARY_NAME = "libhugie_span_score.so"
+LIBRARY_ENV = "HUGIE_SPAN_SCORE_LIB"
+BUILD_HINT = "build it with `hugie kernels build` (or point HUGIE_SPAN_SCORE_LIB at a built library)"
 SOURCES = ("span_score.cc", "span_score_cuda.cu", "span_score_cuda.h")
 REQUIRED_HEADERS = ("onnxruntime_c_api.h", "onnxruntime_cxx_api.h", "onnxruntime_lite_custom_op.h")
 DEBIAN_PACKAGE = "libonnxruntime-dev"
@@ -52,12 +63,16 @@ APT_TIMEOUT_S = 300
 
 _KERNEL_DIR = Path(__file__).resolve().parent
 _state_lock = threading.Lock()
-_resolved: dict[str, str | None] = {}  # "path" -> final result of a build=True call
+_resolved: dict[str, str | None] = {}  # "path" -> what custom_op_library() found in this process
 _logged: set[str] = set()
 
 
 class _Unavailable(Exception):
     """The custom op cannot be provided; the message says why."""
+
+    def __init__(self, message: str, level: int = logging.WARNING):
+        super().__init__(message)
+        self.level = level
 
 
 def cache_dir() -> Path:
@@ -65,27 +80,42 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def custom_op_library(build: bool = True) -> str | None:
-    """Path of the compiled SpanScore library, building it on first use; ``None`` if unavailable.
+def library_key() -> str:
+    """Cache key of the library these sources build: their hash, the compiler flags and the machine."""
+    h = hashlib.sha256(f"machine={platform.machine()}\n".encode())
+    h.update(" ".join(CXX_FLAGS + NVCC_FLAGS).encode())
+    for name in SOURCES:
+        h.update(name.encode() + b"\0" + (_KERNEL_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
 
-    With ``build=False`` only an already-built library is returned.
+
+def default_library_path() -> Path:
+    """Where :func:`build_library` puts the library by default and :func:`custom_op_library` looks for it."""
+    return cache_dir() / library_key() / LIBRARY_NAME
+
+
+# --------------------------------------------------------------------------------------------
+# Finding (model load: no compiler, no package manager, no subprocess)
+
+
+def custom_op_library() -> str | None:
+    """Path of an already-built, working SpanScore library, else ``None`` (the fallback graph runs).
+
+    Logs one line per process saying which scorer runs and, without the library, how to build it.
     """
     with _state_lock:
         if "path" in _resolved:
             return _resolved["path"]
         try:
-            path = _resolve(build)
-            reason = None
+            path = _find()
+            message, level = f"SpanScore: using fused custom op {path}", logging.INFO
         except _Unavailable as exc:
-            path, reason = None, str(exc)
-        except Exception as exc:  # never raise: the fallback graph always works
-            path, reason = None, f"unexpected {type(exc).__name__}: {exc}"
-        if path is not None or build:
-            _resolved["path"] = path
-        if path is not None:
-            _log_once(f"SpanScore: using fused custom op {path}")
-        else:
-            _log_once(f"SpanScore: custom op unavailable ({reason}); using standard-ONNX fallback")
+            path, message, level = None, f"SpanScore: {exc}; using the standard-ONNX fallback graph", exc.level
+        except Exception as exc:  # noqa: BLE001 - never raise: the fallback graph always works
+            path, level = None, logging.WARNING
+            message = f"SpanScore: custom op lookup failed ({type(exc).__name__}: {exc}); using the fallback graph"
+        _resolved["path"] = path
+        _log_once(message, level)
         return path
 
 
@@ -98,55 +128,116 @@ def library_has_cuda(path: str | os.PathLike) -> bool:
         return False
 
 
-def _log_once(message: str) -> None:
+def _log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _logged:
         _logged.add(message)
-        logger.info(message)
+        logger.log(level, message)
+
+
+def _find() -> str:
+    if os.environ.get("HUGIE_DISABLE_CUSTOM_OP", "").strip() not in ("", "0"):
+        raise _Unavailable("custom op disabled by HUGIE_DISABLE_CUSTOM_OP", logging.INFO)
+    env = os.environ.get(LIBRARY_ENV, "").strip()
+    if env:
+        library = Path(env).expanduser()
+        if not library.is_file():
+            raise _Unavailable(f"{LIBRARY_ENV}={env} is not a file")
+    else:
+        library = default_library_path()
+        if not library.is_file():
+            raise _Unavailable(f"custom op library not built (no {library}); {BUILD_HINT}", logging.INFO)
+    _check_works(library)
+    return str(library)
+
+
+def _check_works(library: Path) -> None:
+    """Register ``library`` and score one tiny batch with it, so a stale or foreign build is caught at load."""
+    import numpy as np
+    import onnxruntime
+
+    from .graph import span_scorer_model
+
+    try:
+        opts = onnxruntime.SessionOptions()
+        opts.register_custom_ops_library(str(library))
+        model = span_scorer_model(2, 2, use_custom_op=True)
+        session = onnxruntime.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        ones = np.ones((1, 2, 2), np.float32)
+        feeds = {"q": ones, "k": ones, "start_bias": ones[..., 0], "end_bias": ones[..., 0],
+                 "span_mask": np.ones((1, 2), np.int64), "threshold": np.array(0.0, np.float32)}
+        spans, _ = session.run(None, feeds)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _Unavailable(f"{library} does not work with onnxruntime {onnxruntime.__version__} ({first}); "
+                           "rebuild it with `hugie kernels build --force`") from exc
+    if spans.shape != (3, 3):  # (0, 0), (0, 1), (1, 1) all score 2 + cos/sin terms > 0
+        raise _Unavailable(f"{library} gave {spans.shape[0]} spans where 3 were expected; "
+                           "rebuild it with `hugie kernels build --force`")
 
 
 # --------------------------------------------------------------------------------------------
-# Resolution
+# Building (explicit: `hugie kernels build`, an install step, a Docker build stage)
 
 
-def _resolve(build: bool) -> str:
-    if os.environ.get("HUGIE_DISABLE_CUSTOM_OP", "").strip() not in ("", "0"):
-        raise _Unavailable("disabled by HUGIE_DISABLE_CUSTOM_OP")
+def build_library(output: str | os.PathLike | None = None, *, include: str | os.PathLike | None = None,
+                  fetch_headers: bool = False, cuda: bool | None = None, force: bool = False) -> Path:
+    """Compile the SpanScore library and return its path; a :class:`HugieError` (E050) says why it cannot.
+
+    ``output``: directory for the library and its ``build.json`` (default: the cache slot
+    :func:`custom_op_library` looks in; elsewhere, point ``HUGIE_SPAN_SCORE_LIB`` at it).
+    ``include``: onnxruntime headers (default: ``$HUGIE_ORT_INCLUDE``, the cache, system include dirs).
+    ``fetch_headers``: without local headers, download Debian's libonnxruntime-dev (runs apt-get).
+    ``cuda``: ``None`` compiles the CUDA kernel when nvcc is found (``HUGIE_CUDA=0`` skips it),
+    ``True`` requires it, ``False`` builds the CPU kernel only.
+    ``force``: rebuild even when a working library of these sources is already there.
+    """
+    try:
+        path = _build_library(output, include, fetch_headers, cuda, force)
+    except _Unavailable as exc:
+        raise HugieError("E050", reason=str(exc)) from exc
+    with _state_lock:
+        _resolved.clear()  # the next custom_op_library() call looks again
+    return path
+
+
+def _build_library(output, include, fetch_headers: bool, cuda: bool | None, force: bool) -> Path:
     try:
         import onnxruntime
     except Exception as exc:
         raise _Unavailable(f"onnxruntime is not importable: {exc}") from exc
     ort_version = onnxruntime.__version__
-
-    cxx = _find_cxx()
-    nvcc = _find_nvcc()
-    root = cache_dir()
-
-    include = _cached_headers(root)
-    if include is None:
-        if not build:
-            raise _Unavailable("onnxruntime headers not fetched yet and build=False")
-        root.mkdir(parents=True, exist_ok=True)
-        with _file_lock(root / ".build.lock"):
-            include = _cached_headers(root) or _fetch_debian_headers(root)
-    _check_api_version(include, ort_version)
-
-    key = _build_key(ort_version, include, cxx, nvcc)
-    out_dir = root / key
+    out_dir = Path(output).expanduser() if output is not None else default_library_path().parent
     library = out_dir / LIBRARY_NAME
-    if library.is_file():
-        _check_loads(library)
-        return str(library)
-    if not build:
-        raise _Unavailable("library not built yet and build=False")
+    cxx = _find_cxx()
     if cxx is None:
         raise _Unavailable("no C++ compiler found (set CXX or install g++)")
+    nvcc = None if cuda is False else _find_nvcc(required=cuda is True)
+    if cuda is True and nvcc is None:
+        raise _Unavailable("cuda=True but nvcc was not found (put it on PATH or set CUDA_HOME)")
 
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / ".build.lock"):
-        if not library.is_file():
-            _build(out_dir, include, cxx, nvcc, ort_version)
-    _check_loads(library)
-    return str(library)
+    root = cache_dir()
+    headers = _find_headers(include, root, fetch_headers)
+    _check_api_version(headers, ort_version)
+    key = library_key()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(out_dir / ".build.lock"):
+        if not force and library.is_file() and _built_info(library).get("key") == key \
+                and (cuda is not True or library_has_cuda(library)):
+            with contextlib.suppress(_Unavailable):
+                _check_works(library)
+                logger.info("SpanScore: %s is already built from these sources (force=True rebuilds it)", library)
+                return library
+        _build(out_dir, headers, cxx, nvcc, ort_version, key, cuda_required=cuda is True)
+    _check_works(library)
+    logger.info("SpanScore: built %s (%s)", library, "CPU + CUDA" if library_has_cuda(library) else "CPU")
+    return library
+
+
+def _built_info(library: Path) -> dict:
+    try:
+        return json.loads((library.parent / "build.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _find_cxx() -> str | None:
@@ -156,8 +247,8 @@ def _find_cxx() -> str | None:
     return None
 
 
-def _find_nvcc() -> str | None:
-    if os.environ.get("HUGIE_CUDA", "1").strip() == "0":
+def _find_nvcc(required: bool = False) -> str | None:
+    if not required and os.environ.get("HUGIE_CUDA", "1").strip() == "0":
         return None
     found = shutil.which("nvcc")
     if found:
@@ -168,20 +259,6 @@ def _find_nvcc() -> str | None:
     return None
 
 
-def _build_key(ort_version: str, include: Path, cxx: str | None, nvcc: str | None) -> str:
-    h = hashlib.sha256()
-    h.update(f"ort={ort_version}\ncxx={cxx}\n".encode())
-    h.update(" ".join(CXX_FLAGS + NVCC_FLAGS).encode())
-    h.update(os.environ.get("HUGIE_CUDA_ARCHS", ",".join(CUDA_ARCHS)).encode())
-    for name in SOURCES:
-        h.update(name.encode() + b"\0" + (_KERNEL_DIR / name).read_bytes())
-    for name in REQUIRED_HEADERS:
-        h.update((include / name).read_bytes())
-    if nvcc:
-        h.update(_run([nvcc, "--version"], timeout=60).stdout.encode())
-    return h.hexdigest()[:16]
-
-
 def _check_api_version(include: Path, ort_version: str) -> None:
     """Headers newer than the runtime would request an API table the runtime lacks."""
     text = (include / "onnxruntime_c_api.h").read_text(errors="replace")
@@ -190,26 +267,18 @@ def _check_api_version(include: Path, ort_version: str) -> None:
     if match and runtime and int(match.group(1)) > int(runtime.group(1)):
         raise _Unavailable(
             f"onnxruntime headers in {include} are API {match.group(1)} but the runtime is {ort_version}; "
-            "point HUGIE_ORT_INCLUDE at headers no newer than the runtime"
+            "use headers no newer than the runtime (HUGIE_ORT_INCLUDE)"
         )
-
-
-def _check_loads(library: Path) -> None:
-    import onnxruntime
-
-    try:
-        onnxruntime.SessionOptions().register_custom_ops_library(str(library))
-    except Exception as exc:
-        raise _Unavailable(f"{library} does not load into onnxruntime: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
 # Compilation
 
 
-def _build(out_dir: Path, include: Path, cxx: str, nvcc: str | None, ort_version: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info: dict[str, object] = {"ort_version": ort_version, "include": str(include), "cuda": False}
+def _build(out_dir: Path, include: Path, cxx: str, nvcc: str | None, ort_version: str, key: str,
+           cuda_required: bool = False) -> None:
+    info: dict[str, object] = {"key": key, "ort_version": ort_version, "include": str(include), "cxx": cxx,
+                               "nvcc": nvcc, "cuda": False}
     with tempfile.TemporaryDirectory(prefix="build-", dir=out_dir) as tmp:
         tmp_dir = Path(tmp)
         target = tmp_dir / LIBRARY_NAME
@@ -217,11 +286,14 @@ def _build(out_dir: Path, include: Path, cxx: str, nvcc: str | None, ort_version
         if nvcc is not None:
             try:
                 cuda_obj = _compile_cuda(nvcc, cxx, tmp_dir)
+                info["cuda_archs"] = os.environ.get("HUGIE_CUDA_ARCHS", ",".join(CUDA_ARCHS))
             except _Unavailable as exc:
+                if cuda_required:
+                    raise
                 info["cuda_error"] = str(exc)
                 logger.warning("SpanScore: CUDA kernel not built, CPU-only library instead: %s", exc)
         else:
-            info["cuda_error"] = "nvcc not found (or HUGIE_CUDA=0)"
+            info["cuda_error"] = "nvcc not found (or HUGIE_CUDA=0 / cuda=False)"
 
         cc_obj = tmp_dir / "span_score.o"
         defines = ["-DHUGIE_WITH_CUDA"] if cuda_obj else []
@@ -232,10 +304,8 @@ def _build(out_dir: Path, include: Path, cxx: str, nvcc: str | None, ort_version
         )
         if cuda_obj:
             # nvcc links the static CUDA runtime; keep its symbols private to this library.
-            link = [nvcc, "-shared", "-o", str(target), str(cc_obj), str(cuda_obj),
+            link = [nvcc, "-ccbin", cxx, "-shared", "-o", str(target), str(cc_obj), str(cuda_obj),
                     "-Xlinker", "--exclude-libs,ALL", "-Xlinker", "-z,defs"]
-            if cxx:
-                link[1:1] = ["-ccbin", cxx]
         else:
             link = [cxx, "-shared", "-o", str(target), str(cc_obj), "-pthread", "-Wl,-z,defs"]
         _run_checked(link, "linking " + LIBRARY_NAME)
@@ -250,7 +320,7 @@ def _cuda_gencode(nvcc: str) -> list[str]:
     try:
         listed = _run([nvcc, "--list-gpu-code"], timeout=60).stdout
         supported = set(re.findall(r"sm_(\d+)", listed))
-    except Exception:
+    except (OSError, subprocess.SubprocessError):
         supported = set()
     archs = [a for a in wanted if not supported or a in supported]
     if not archs:
@@ -262,15 +332,14 @@ def _cuda_gencode(nvcc: str) -> list[str]:
 
 def _compile_cuda(nvcc: str, cxx: str, tmp_dir: Path) -> Path:
     obj = tmp_dir / "span_score_cuda.o"
-    cmd = [nvcc, *NVCC_FLAGS, *_cuda_gencode(nvcc), "-c", str(_KERNEL_DIR / "span_score_cuda.cu"), "-o", str(obj)]
-    if cxx:
-        cmd[1:1] = ["-ccbin", cxx]
+    cmd = [nvcc, "-ccbin", cxx, *NVCC_FLAGS, *_cuda_gencode(nvcc), "-c", str(_KERNEL_DIR / "span_score_cuda.cu"),
+           "-o", str(obj)]
     _run_checked(cmd, "compiling span_score_cuda.cu")
     return obj
 
 
 def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "LC_ALL": "C"})
 
 
@@ -319,13 +388,39 @@ def _has_headers(path: Path) -> bool:
     return all((path / name).is_file() for name in REQUIRED_HEADERS)
 
 
+def system_header_dirs() -> list[Path]:
+    """Where an installed onnxruntime development package keeps its headers."""
+    prefixes = [os.environ.get("CONDA_PREFIX"), sys.prefix, "/usr/local", "/usr"]
+    dirs = []
+    for prefix in dict.fromkeys(p for p in prefixes if p):
+        base = Path(prefix) / "include"
+        dirs += [base / "onnxruntime", base / "onnxruntime" / "core" / "session", base]
+    return dirs
+
+
+def _find_headers(include, root: Path, fetch: bool) -> Path:
+    """The onnxruntime headers to compile against (see the module docstring for the order)."""
+    for name, given in (("include", include), ("HUGIE_ORT_INCLUDE", os.environ.get("HUGIE_ORT_INCLUDE"))):
+        if given:
+            path = Path(given).expanduser()
+            if not _has_headers(path):
+                raise _Unavailable(f"{name}={given} lacks one of {', '.join(REQUIRED_HEADERS)}")
+            return path
+    found = _cached_headers(root) or next((d for d in system_header_dirs() if _has_headers(d)), None)
+    if found is not None:
+        return found
+    if not fetch:
+        raise _Unavailable(
+            f"no onnxruntime headers found (looked in {root / 'ort-headers'} and "
+            f"{', '.join(str(d) for d in system_header_dirs())}); set HUGIE_ORT_INCLUDE, or let the build download "
+            f"Debian's {DEBIAN_PACKAGE} (`hugie kernels build --fetch-headers`)"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / ".build.lock"):
+        return _cached_headers(root) or _fetch_debian_headers(root)
+
+
 def _cached_headers(root: Path) -> Path | None:
-    env = os.environ.get("HUGIE_ORT_INCLUDE")
-    if env:
-        path = Path(env).expanduser()
-        if not _has_headers(path):
-            raise _Unavailable(f"HUGIE_ORT_INCLUDE={env} lacks one of {', '.join(REQUIRED_HEADERS)}")
-        return path
     base = root / "ort-headers"
     preferred = base / DEBIAN_VERSION / "include"
     if _has_headers(preferred):

@@ -2,6 +2,8 @@
 
 Both produce ``spans`` int64 [N, 3] rows (batch, start, end inclusive) ordered by (batch, start,
 end) and ``scores`` float [N] logits, exactly like :func:`hugie.scoring.span_scores_reference`.
+The logit threshold is a graph input (float scalar ``threshold``), so one session serves every
+threshold; the maximum span width is an attribute (one per model).
 
 The fallback never builds a B x L x L tensor: RoPE tables are computed from the runtime shape,
 rotated k is padded by W on the sequence axis, and a ``Loop`` over the W band offsets computes one
@@ -18,16 +20,14 @@ from hugie.scoring import ROPE_BASE
 
 DOMAIN = "hugie"
 OP_TYPE = "SpanScore"
-INPUTS = ("q", "k", "start_bias", "end_bias", "span_mask")
+INPUTS = ("q", "k", "start_bias", "end_bias", "span_mask", "threshold")
 OUTPUTS = ("spans", "scores")
 FALLBACK_PREFIX = "hugie_span/"
 MIN_FALLBACK_OPSET = 13  # Slice/Pad/Unsqueeze/ReduceSum with tensor inputs
 
 
-def span_scorer_model(
-    dim: int, threshold: float, max_width: int, use_custom_op: bool, opset: int = 17
-) -> onnx.ModelProto:
-    """Standalone scorer: inputs q, k [B, L, dim], start_bias, end_bias, span_mask [B, L]."""
+def span_scorer_model(dim: int, max_width: int, use_custom_op: bool, opset: int = 17) -> onnx.ModelProto:
+    """Standalone scorer: inputs q, k [B, L, dim], start_bias, end_bias, span_mask [B, L], threshold (scalar)."""
     if dim % 2:
         raise ValueError(f"span scorer dim must be even for RoPE pairs, got {dim}")
     if not use_custom_op and opset < MIN_FALLBACK_OPSET:
@@ -38,8 +38,9 @@ def span_scorer_model(
         helper.make_tensor_value_info("start_bias", TensorProto.FLOAT, ["batch", "length"]),
         helper.make_tensor_value_info("end_bias", TensorProto.FLOAT, ["batch", "length"]),
         helper.make_tensor_value_info("span_mask", TensorProto.INT64, ["batch", "length"]),
+        _threshold_info(),
     ]
-    nodes = _scorer_nodes(INPUTS, OUTPUTS, threshold, max_width, use_custom_op, FALLBACK_PREFIX)
+    nodes = _scorer_nodes(INPUTS, OUTPUTS, max_width, use_custom_op, FALLBACK_PREFIX)
     graph = helper.make_graph(nodes, "hugie_span_scorer", inputs, _output_infos())
     opsets = [helper.make_opsetid("", opset)]
     if use_custom_op:
@@ -49,12 +50,11 @@ def span_scorer_model(
     return model
 
 
-def attach_span_scorer(
-    encoder: onnx.ModelProto, threshold: float, max_width: int, use_custom_op: bool
-) -> onnx.ModelProto:
+def attach_span_scorer(encoder: onnx.ModelProto, max_width: int, use_custom_op: bool) -> onnx.ModelProto:
     """Append the scorer to ``encoder`` (outputs q, k, start_bias, end_bias) and return a new model.
 
-    Adds graph input ``span_mask`` int64 [B, L]; the graph outputs become ``spans`` and ``scores``.
+    Adds graph inputs ``span_mask`` int64 [B, L] and ``threshold`` float scalar (a logit); the graph
+    outputs become ``spans`` and ``scores``.
     """
     model = onnx.ModelProto()
     model.CopyFrom(encoder)
@@ -68,7 +68,7 @@ def attach_span_scorer(
         )
     taken = {v.name for v in graph.input} | {i.name for i in graph.initializer}
     taken |= {out for node in graph.node for out in node.output}
-    clashes = sorted(taken & {"span_mask", *OUTPUTS})
+    clashes = sorted(taken & {*INPUTS[4:], *OUTPUTS})
     if clashes:
         raise ValueError(f"encoder graph already defines {clashes}; cannot attach the span scorer")
     default_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -80,14 +80,18 @@ def attach_span_scorer(
     dims: list[str | int | None] = ["batch", "length"]
     if bias_type.HasField("shape") and len(bias_type.shape.dim) == 2:
         dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in bias_type.shape.dim]
-    graph.input.append(helper.make_tensor_value_info("span_mask", TensorProto.INT64, dims))
+    graph.input.extend([helper.make_tensor_value_info("span_mask", TensorProto.INT64, dims), _threshold_info()])
 
-    graph.node.extend(_scorer_nodes(INPUTS, OUTPUTS, threshold, max_width, use_custom_op, FALLBACK_PREFIX))
+    graph.node.extend(_scorer_nodes(INPUTS, OUTPUTS, max_width, use_custom_op, FALLBACK_PREFIX))
     del graph.output[:]
     graph.output.extend(_output_infos())
     if use_custom_op and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return model
+
+
+def _threshold_info() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info("threshold", TensorProto.FLOAT, [])
 
 
 def _output_infos() -> list[onnx.ValueInfoProto]:
@@ -97,15 +101,14 @@ def _output_infos() -> list[onnx.ValueInfoProto]:
     ]
 
 
-def _scorer_nodes(inputs, outputs, threshold, max_width, use_custom_op, prefix) -> list[onnx.NodeProto]:
+def _scorer_nodes(inputs, outputs, max_width, use_custom_op, prefix) -> list[onnx.NodeProto]:
     if use_custom_op:
         return [
             helper.make_node(
-                OP_TYPE, list(inputs), list(outputs), name=prefix + OP_TYPE, domain=DOMAIN,
-                threshold=float(threshold), max_width=int(max_width),
+                OP_TYPE, list(inputs), list(outputs), name=prefix + OP_TYPE, domain=DOMAIN, max_width=int(max_width)
             )
         ]
-    return _fallback_nodes(*inputs, *outputs, threshold=float(threshold), max_width=int(max_width), prefix=prefix)
+    return _fallback_nodes(*inputs, *outputs, max_width=int(max_width), prefix=prefix)
 
 
 class _Builder:
@@ -134,8 +137,8 @@ class _Builder:
 
 
 def _fallback_nodes(
-    q: str, k: str, start_bias: str, end_bias: str, span_mask: str, spans: str, scores: str,
-    *, threshold: float, max_width: int, prefix: str,
+    q: str, k: str, start_bias: str, end_bias: str, span_mask: str, threshold: str, spans: str, scores: str,
+    *, max_width: int, prefix: str,
 ) -> list[onnx.NodeProto]:
     g = _Builder(prefix)
     i64, f32, f64 = TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE
@@ -195,7 +198,7 @@ def _fallback_nodes(
     start_mask = g.op("Cast", [span_mask], "start_mask", to=TensorProto.BOOL)
     start_f64 = g.op("Cast", [start_bias], "start_f64", to=f64)
     sqrt_dim = g.op("Sqrt", [g.op("Cast", [dim], "dim_f64b", to=f64)], "sqrt_dim")
-    thr = g.const(threshold, f64, "threshold", scalar=True)
+    thr = g.op("Cast", [threshold], "threshold_f64", to=f64)
 
     # Loop body: offset w -> scores [B, L] (float) and keep [B, L] (bool).
     b = _Builder(prefix + "band/")

@@ -1,7 +1,8 @@
 // hugie::SpanScore: fused Global Pointer span scoring as an onnxruntime custom op (lite API).
 //
-// Inputs  q, k [B, L, D] float (before RoPE), start_bias, end_bias [B, L] float, span_mask [B, L] int64.
-// Attrs   threshold (float logit), max_width (int W).
+// Inputs  q, k [B, L, D] float (before RoPE), start_bias, end_bias [B, L] float, span_mask [B, L] int64,
+//         threshold float scalar (a logit; an input, so one session serves every threshold).
+// Attrs   max_width (int W).
 // Outputs spans [N, 3] int64 rows (batch, start, end inclusive), scores [N] float logits, for
 //         mask[i] && mask[j] && 0 <= j - i < W && s(i, j) > threshold, ordered by (batch, start, end).
 // s(i, j) = <rope(q)_i, rope(k)_j> / sqrt(D) + start_bias[i] + end_bias[j]  (hugie/scoring.py).
@@ -41,16 +42,13 @@ constexpr int64_t kRowsPerTask = 64;  // rows of one batch handled by one thread
 // Attributes shared by the CPU and CUDA kernels. Errors are kept and reported from Compute,
 // because exceptions must not escape kernel creation through the C ABI.
 struct SpanScoreAttrs {
-  float threshold = 0.f;
   int64_t max_width = 0;
   std::string error;
 
   SpanScoreAttrs(const OrtApi* api, const OrtKernelInfo* info) {
-    OrtStatus* st = api->KernelInfoGetAttribute_float(info, "threshold", &threshold);
-    if (st == nullptr) st = api->KernelInfoGetAttribute_int64(info, "max_width", &max_width);
+    OrtStatus* st = api->KernelInfoGetAttribute_int64(info, "max_width", &max_width);
     if (st != nullptr) {
-      error = std::string("SpanScore: missing or invalid attribute (threshold: float, max_width: int): ") +
-              api->GetErrorMessage(st);
+      error = std::string("SpanScore: missing or invalid attribute max_width (int): ") + api->GetErrorMessage(st);
       api->ReleaseStatus(st);
     }
   }
@@ -60,9 +58,10 @@ struct Shapes {
   int64_t batch = 0, length = 0, dim = 0;
 };
 
-// Validates the five inputs; returns an empty string when they are consistent.
+// Validates the six inputs; returns an empty string when they are consistent.
 std::string check_inputs(const Tensor<float>& q, const Tensor<float>& k, const Tensor<float>& start_bias,
-                         const Tensor<float>& end_bias, const Tensor<int64_t>& mask, Shapes* out) {
+                         const Tensor<float>& end_bias, const Tensor<int64_t>& mask, const Tensor<float>& threshold,
+                         Shapes* out) {
   const auto& qs = q.Shape();
   if (qs.size() != 3) return "SpanScore: q must have shape [B, L, D], got rank " + std::to_string(qs.size());
   if (k.Shape() != qs) return "SpanScore: k must have the same shape as q [B, L, D]";
@@ -70,6 +69,8 @@ std::string check_inputs(const Tensor<float>& q, const Tensor<float>& k, const T
   if (start_bias.Shape() != bl) return "SpanScore: start_bias must have shape [B, L]";
   if (end_bias.Shape() != bl) return "SpanScore: end_bias must have shape [B, L]";
   if (mask.Shape() != bl) return "SpanScore: span_mask must have shape [B, L]";
+  if (threshold.NumberOfElement() != 1)
+    return "SpanScore: threshold must hold one float (the logit), got shape [" + threshold.Shape2Str() + "]";
   if (qs[2] % 2 != 0)
     return "SpanScore: head dim D must be even for RoPE (pairs (2m, 2m+1)), got D=" + std::to_string(qs[2]);
   out->batch = qs[0];
@@ -224,10 +225,10 @@ struct SpanScoreCpu {
 
   Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& q, const Tensor<float>& k,
                       const Tensor<float>& start_bias, const Tensor<float>& end_bias, const Tensor<int64_t>& mask,
-                      Tensor<int64_t>& spans, Tensor<float>& scores) {
+                      const Tensor<float>& threshold, Tensor<int64_t>& spans, Tensor<float>& scores) {
     if (!attrs.error.empty()) return Ort::Status(attrs.error.c_str(), ORT_INVALID_ARGUMENT);
     Shapes s;
-    const std::string err = check_inputs(q, k, start_bias, end_bias, mask, &s);
+    const std::string err = check_inputs(q, k, start_bias, end_bias, mask, threshold, &s);
     if (!err.empty()) return Ort::Status(err.c_str(), ORT_INVALID_ARGUMENT);
 
     const int64_t width = std::min(attrs.max_width, s.length);
@@ -237,7 +238,7 @@ struct SpanScoreCpu {
       const int64_t tasks_per_batch = (s.length + kRowsPerTask - 1) / kRowsPerTask;
       hits.resize(static_cast<size_t>(s.batch * tasks_per_batch));
       CpuJob job{q.Data(), k.Data(), start_bias.Data(), end_bias.Data(), mask.Data(), s.length, s.dim, width,
-                 attrs.threshold, std::sqrt(static_cast<double>(s.dim)), table.get(),
+                 static_cast<double>(threshold.Data()[0]), std::sqrt(static_cast<double>(s.dim)), table.get(),
                  tasks_per_batch, &hits};
       try {
         Ort::KernelContext(context).ParallelFor(run_task_trampoline, hits.size(), 0, &job);
@@ -279,16 +280,17 @@ struct SpanScoreCuda {
 
   Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& q, const Tensor<float>& k,
                       const Tensor<float>& start_bias, const Tensor<float>& end_bias, const Tensor<int64_t>& mask,
-                      Tensor<int64_t>& spans, Tensor<float>& scores) {
+                      const Tensor<float>& threshold, Tensor<int64_t>& spans, Tensor<float>& scores) {
     if (!attrs.error.empty()) return Ort::Status(attrs.error.c_str(), ORT_INVALID_ARGUMENT);
     Shapes s;
-    const std::string err = check_inputs(q, k, start_bias, end_bias, mask, &s);
+    const std::string err = check_inputs(q, k, start_bias, end_bias, mask, threshold, &s);
     if (!err.empty()) return Ort::Status(err.c_str(), ORT_INVALID_ARGUMENT);
 
     void* stream = Ort::KernelContext(context).GetGPUComputeStream();
     HugieSpanScoreCudaWork work;
     int rc = hugie_span_score_cuda_count(q.Data(), k.Data(), start_bias.Data(), end_bias.Data(), mask.Data(),
-                                         s.batch, s.length, s.dim, attrs.threshold, attrs.max_width, stream, &work);
+                                         s.batch, s.length, s.dim, threshold.Data(), attrs.max_width, stream,
+                                         &work);
     if (rc != 0) {
       hugie_span_score_cuda_release(&work, stream);
       return cuda_status("count pass", rc);

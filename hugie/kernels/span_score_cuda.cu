@@ -72,7 +72,8 @@ __device__ __forceinline__ void load_q_row(float2* q_row, const float* qr, int64
 __global__ void __launch_bounds__(kRowThreads)
     count_kernel(const float* __restrict__ qr, const float* __restrict__ kr, const float* __restrict__ start_bias,
                  const float* __restrict__ end_bias, const int64_t* __restrict__ mask, int64_t length,
-                 int64_t dim, int64_t width, double threshold, double sqrt_d, long long* __restrict__ counts) {
+                 int64_t dim, int64_t width, const float* __restrict__ threshold_ptr, double sqrt_d,
+                 long long* __restrict__ counts) {
   extern __shared__ float2 q_row[];
   using Reduce = cub::BlockReduce<int, kRowThreads>;
   __shared__ typename Reduce::TempStorage reduce_storage;
@@ -85,6 +86,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int64_t i = row % length;
   load_q_row(q_row, qr, row, dim);
 
+  const double threshold = static_cast<double>(*threshold_ptr);
   const int64_t candidates = min(width, length - i);
   const float sb = start_bias[row];
   int hits = 0;
@@ -116,8 +118,9 @@ __global__ void __launch_bounds__(kScanThreads)
 __global__ void __launch_bounds__(kRowThreads)
     fill_kernel(const float* __restrict__ qr, const float* __restrict__ kr, const float* __restrict__ start_bias,
                 const float* __restrict__ end_bias, const int64_t* __restrict__ mask,
-                const long long* __restrict__ offsets, int64_t length, int64_t dim, int64_t width, double threshold,
-                double sqrt_d, int64_t* __restrict__ spans, float* __restrict__ scores) {
+                const long long* __restrict__ offsets, int64_t length, int64_t dim, int64_t width,
+                const float* __restrict__ threshold_ptr, double sqrt_d, int64_t* __restrict__ spans,
+                float* __restrict__ scores) {
   extern __shared__ float2 q_row[];
   using Scan = cub::BlockScan<int, kRowThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
@@ -128,6 +131,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int64_t b = row / length;
   load_q_row(q_row, qr, row, dim);
 
+  const double threshold = static_cast<double>(*threshold_ptr);
   const int64_t candidates = min(width, length - i);
   const float sb = start_bias[row];
   long long out = offsets[row];
@@ -159,8 +163,9 @@ __global__ void __launch_bounds__(kRowThreads)
 extern "C" {
 
 int hugie_span_score_cuda_count(const float* q, const float* k, const float* start_bias, const float* end_bias,
-                                const int64_t* mask, int64_t batch, int64_t length, int64_t dim, float threshold,
-                                int64_t max_width, void* stream_ptr, HugieSpanScoreCudaWork* work) {
+                                const int64_t* mask, int64_t batch, int64_t length, int64_t dim,
+                                const float* threshold, int64_t max_width, void* stream_ptr,
+                                HugieSpanScoreCudaWork* work) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   *work = HugieSpanScoreCudaWork{};
   work->start_bias = start_bias;

@@ -22,13 +22,13 @@ typedef struct HugieSpanScoreCudaWork {
   const float* end_bias;
   const int64_t* mask;
   int64_t batch, length, dim, width;  // width already clamped to [0, length]
-  float threshold;
+  const float* threshold;  // device pointer to the logit threshold (the op's input)
   long long total;     // N, valid after count
 } HugieSpanScoreCudaWork;
 
 int hugie_span_score_cuda_count(const float* q, const float* k, const float* start_bias,
                                 const float* end_bias, const int64_t* mask, int64_t batch,
-                                int64_t length, int64_t dim, float threshold, int64_t max_width,
+                                int64_t length, int64_t dim, const float* threshold, int64_t max_width,
                                 void* stream, HugieSpanScoreCudaWork* work);
 
 int hugie_span_score_cuda_fill(const HugieSpanScoreCudaWork* work, int64_t* spans, float* scores,

@@ -1,0 +1,74 @@
+"""A model directory's ``config.json`` read without torch or transformers (the ONNX inference path).
+
+:class:`HugieConfig` holds the span head settings, decoding defaults, instruction templates and, for
+an export, its ``onnx`` section; every other key is kept as read in ``extra``. The torch model's
+``PretrainedConfig`` (:class:`hugie.modeling.GlobalPointerConfig`) takes the same keys and defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import HugieError
+from .instructions import default_templates_dict
+
+CONFIG_FILE = "config.json"
+
+#: Weight files ``GlobalPointerModel.from_pretrained`` reads; a directory with neither is an export (ONNX only).
+TORCH_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def has_torch_weights(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds torch weights (else it is an export: see ``hugie.export.model_from_export``)."""
+    return any((Path(directory) / name).exists() for name in TORCH_WEIGHT_FILES)
+
+
+@dataclass
+class HugieConfig:
+    """Span head settings, the encoder's own config, instruction templates and decoding defaults."""
+
+    encoder: dict = field(default_factory=dict)
+    head_size: int = 64
+    max_span_width: int = 48
+    threshold: float = 0.5
+    max_seq_length: int = 512
+    relation_threshold: float | None = None  # relation-object passes of a schema; None: threshold
+    one_type_per_span: bool = False  # entity passes: a span keeps only its best type
+    flat_ner: bool = False  # entity passes: no two spans overlap (across types, best score first)
+    instructions: dict = field(default_factory=default_templates_dict)
+    onnx: dict | None = None  # an export's graph: file, quantize, fp32_matmuls, outlier_channels, ...
+    extra: dict = field(default_factory=dict)  # every other key of config.json (model_type, transformers', ...)
+
+    def __post_init__(self):
+        self.encoder = self.encoder or {}
+        self.instructions = self.instructions or default_templates_dict()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HugieConfig:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> HugieConfig:
+        """Read ``config.json`` from a model directory (or the file itself)."""
+        path = Path(path)
+        file = path / CONFIG_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise HugieError("E012", path=path, file=CONFIG_FILE)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise HugieError("E015", name=str(path), reason=f"{file} is not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise HugieError("E015", name=str(path), reason=f"{file} must hold a JSON object")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        out = {**self.extra, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}}
+        if out["onnx"] is None:
+            del out["onnx"]
+        return out
