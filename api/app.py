@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 
 from hugie import __version__
 from hugie.errors import HugieError
-from hugie.limits import LIMIT_STATUS
+from hugie.limits import LIMIT_STATUS, first_passes
 from hugie.types import BatchRequest, BatchResponse, ErrorBody, ExtractRequest, ExtractResult
 
 from .batching import MicroBatcher
@@ -97,7 +97,7 @@ class ServiceState:
                                         max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                                         concurrency=s.executor_threads, retry_after_s=s.retry_after_s,
                                         metrics=self.metrics, limits=s.request_limits(),
-                                        fast_lane_chars=s.fast_lane_chars)
+                                        fast_lane_chars=s.fast_lane_chars, after_main_call=_trim_heap)
             self.batcher.start()
             self.phase = "ready"
             log.info("model ready: %s", self.extractor.model_path)
@@ -289,6 +289,16 @@ def _fix_mmap_threshold(nbytes: int = 64 * 1024) -> None:
     mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
 
 
+def _trim_heap() -> None:
+    """Hand glibc's free heap pages back to the system (``malloc_trim``) after a large call: the span lists and
+    arrays of a long text are freed but would otherwise stay in the process for good. No-op off glibc."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
     """The service app. ``extractor``: serve this one instead of loading ``settings.model``."""
     settings = settings or Settings()
@@ -365,6 +375,8 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
 
     # ------------------------------------------------------------------ helpers
+    limits = settings.request_limits()
+
     def check_limits(item: ExtractRequest, where: str = "") -> None:
         if len(item.text) > settings.max_text_chars:
             raise ApiError(413, "E100", field=f"{where}text", value=len(item.text), limit=settings.max_text_chars,
@@ -387,6 +399,10 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
             if bad:
                 raise ApiError(422, "E107", details=f"{where}{name}: lone surrogate U+{ord(bad.group()):04X} at "
                                                     f"character {bad.start()} is not valid Unicode")
+        # the cost limits that need no model work, counted before anything is tokenized or queued
+        limits.check_request(item, first_passes(item), field=where.rstrip(".") or "request")
+        if state.extractor is not None:
+            state.extractor.check_instructions(state.extractor.instructions(item))
 
     async def run_item(batcher: MicroBatcher, item: ExtractRequest, reserved: bool = False):
         return (await batcher.run([item], reserved=reserved))[0]

@@ -42,7 +42,7 @@ class _Job:
     future: asyncio.Future
     requests: list[ExtractRequest] = field(default_factory=list)
     cost: int = 1  # passes known before any work
-    work: int = 1  # passes x characters
+    work: int = 1  # the most passes x characters it can cost
 
 
 class _Lane:
@@ -102,7 +102,8 @@ class MicroBatcher:
 
     def __init__(self, extractor, executor: Executor, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                  max_queue: int = 1024, concurrency: int = 1, retry_after_s: int = 1,
-                 metrics: Metrics | None = None, limits: RequestLimits | None = None, fast_lane_chars: int = 0):
+                 metrics: Metrics | None = None, limits: RequestLimits | None = None, fast_lane_chars: int = 0,
+                 after_main_call=None):
         self.extractor = extractor
         self.executor = executor
         self.max_batch = max_batch
@@ -112,6 +113,7 @@ class MicroBatcher:
         self.metrics = metrics or Metrics()
         self.limits = limits
         self.fast_lane_chars = fast_lane_chars
+        self.after_main_call = after_main_call  # run in the model thread after each main-lane call
         self._queued = 0  # passes waiting (not yet running)
         self._lanes = {"main": _Lane(self, "main", concurrency)}
         if fast_lane_chars > 0:  # small jobs never wait behind a long one (the executor has a thread for them)
@@ -144,15 +146,21 @@ class MicroBatcher:
         relations = len(request.schema_.relations) if request.schema_ is not None else 0
         return max(1, self.extractor.passes(request) + relations)
 
+    def most_work(self, request: ExtractRequest) -> int:
+        """The most passes x characters ``request`` can cost: its first passes, and every relation asked of as
+        many subjects as the limits allow."""
+        relations = len(request.schema_.relations) if request.schema_ is not None else 0
+        subjects = self.limits.max_subjects if self.limits is not None and self.limits.max_subjects else 32
+        return (self.extractor.passes(request) + relations * subjects) * max(1, len(request.text))
+
     async def run(self, requests: list[ExtractRequest], *, reserved: bool = False) -> list:
         """One result per request, batched with whatever else is queued.
 
         ``reserved``: the caller already passed :meth:`reserve` for this work (batch requests
         reserve all their items at once, so they are admitted whole or not at all).
         """
-        costs = [self.cost(r) for r in requests]
-        job = _Job(asyncio.get_running_loop().create_future(), list(requests), sum(costs),
-                   sum(c * max(1, len(r.text)) for c, r in zip(costs, requests)))
+        job = _Job(asyncio.get_running_loop().create_future(), list(requests), sum(self.cost(r) for r in requests),
+                   sum(self.most_work(r) for r in requests))
         return await self._submit(job, reserved)
 
     async def close(self) -> None:
@@ -200,14 +208,14 @@ class MicroBatcher:
         try:
             live = [j for j in batch if not j.future.done()]  # drop jobs whose caller gave up
             if live:
-                await self._call(live)
+                await self._call(live, lane)
         except Exception as exc:  # noqa: BLE001 - every caller gets the error
             for job in batch:
                 _fail(job, exc)
         finally:
             lane.slots.release()
 
-    async def _call(self, jobs: list[_Job]) -> None:
+    async def _call(self, jobs: list[_Job], lane: _Lane | None = None) -> None:
         """One ``Extractor.run`` for every request of ``jobs``; each job gets its own results (or the error of
         one of its requests). The work stops between model calls once every caller has given up."""
         requests = [r for j in jobs for r in j.requests]
@@ -220,8 +228,16 @@ class MicroBatcher:
         for job in jobs:
             job.future.add_done_callback(gave_up)
         stats: dict = {}
-        fn = functools.partial(self.extractor.run, requests, limits=self.limits, cancel=cancel,
-                               return_errors=True, stats=stats)
+        run = functools.partial(self.extractor.run, requests, limits=self.limits, cancel=cancel,
+                                return_errors=True, stats=stats)
+        after = self.after_main_call if lane is not None and lane.name == "main" else None
+
+        def fn():
+            try:
+                return run()
+            finally:
+                if after is not None:
+                    after()
         self.metrics.batch_requests.observe(len(jobs))
         start = time.perf_counter()
         try:

@@ -4,9 +4,10 @@ On demand, not in CI. It starts ``hugie serve`` on 127.0.0.1 (embedded model unl
 ``--small`` small requests (one instruction over a short sentence, ``--clients`` at a time) on the idle server,
 then again while abusers send, in a loop, the requests an attacker or a careless user would (a relation schema at
 threshold 0 that fans out, an instruction at threshold 0 over 5,000 characters, 1,000 entity types, a text at the
-length limit, a 9 MB body). Bounded: ``--seconds`` of abuse at most (default 60), loopback only. Reports p50/p99
-of the small requests in both phases, what the abusers got back (status codes), and the server's RSS before and
-after. Goals (PASS/FAIL): loaded p99 <= 3 x idle p99; RSS after within 10 % of before; no 5xx.
+length limit, a 9 MB body), each one every ``--interval`` seconds (default 1; 0 floods). Bounded: ``--seconds``
+of abuse at most (default 60), loopback only. Reports p50/p99 of the small requests in both phases, what the
+abusers got back (status codes), and the server's RSS before and after. Goals (PASS/FAIL): loaded p99 <= 3 x
+idle p99; RSS after within 10 % of before; no 5xx.
 
   python benchmarks/abuse_test.py [--model DIR] [--seconds 60]
 """
@@ -74,11 +75,13 @@ async def small_latencies(url: str, n: int, clients: int) -> tuple[list[float], 
     return latencies, statuses
 
 
-def abuse(url: str, bodies: dict[str, bytes], stop: threading.Event, seen: dict[str, Counter]) -> None:
-    """One thread per abusive request, each sending it in a loop until ``stop``."""
+def abuse(url: str, bodies: dict[str, bytes], stop: threading.Event, seen: dict[str, Counter],
+          interval: float) -> None:
+    """One thread per abusive request, each sending it every ``interval`` seconds (or as soon as the last one
+    was answered, if that took longer) until ``stop``."""
     def loop(name: str, body: bytes) -> None:
         with httpx.Client(base_url=url, timeout=120) as http:
-            while not stop.is_set():
+            while not stop.wait(0 if not seen[name] else interval):
                 try:
                     r = http.post("/extract", content=body, headers={"content-type": "application/json"})
                     code = f"{r.status_code} {r.json().get('error', {}).get('code', '')}".strip()
@@ -104,6 +107,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200, help="Small requests per phase.")
     parser.add_argument("--clients", type=int, default=2, help="Small-request clients at a time.")
     parser.add_argument("--seconds", type=float, default=60.0, help="Longest abuse phase.")
+    parser.add_argument("--only", help="Comma-separated words: run only the abusers whose name has one of them.")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="Seconds between one abuser's requests (0: a flood, as fast as answered).")
     args, serve_args = parser.parse_known_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,8 +133,10 @@ def main() -> None:
         asyncio.run(small_latencies(url, 20, args.clients))  # warm-up
         rss_before = rss_mib(proc.pid)
         idle, idle_status = asyncio.run(small_latencies(url, args.small, args.clients))
-        stop, seen = threading.Event(), {name: Counter() for name in abusive_bodies(max_text)}
-        abusers = threading.Thread(target=abuse, args=(url, abusive_bodies(max_text), stop, seen))
+        bodies = {name: body for name, body in abusive_bodies(max_text).items()
+                  if not args.only or any(word in name for word in args.only.split(","))}
+        stop, seen = threading.Event(), {name: Counter() for name in bodies}
+        abusers = threading.Thread(target=abuse, args=(url, bodies, stop, seen, args.interval))
         abusers.start()
         time.sleep(2.0)  # let the abuse start
         deadline = threading.Timer(args.seconds, stop.set)

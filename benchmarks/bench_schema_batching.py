@@ -45,8 +45,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SHIM = """import importlib.util, sys
+ROOT = {root!r}
+FOLDERS = {{"hugie": "hugie", "hugie.api": "api", "hugie.training": "training"}}
+
+
+class CheckoutFinder:
+    \"\"\"Import hugie, hugie.api and hugie.training from ROOT, whatever checkout is installed.\"\"\"
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in FOLDERS:
+            return None
+        folder = ROOT + "/" + FOLDERS[name]
+        return importlib.util.spec_from_file_location(name, folder + "/__init__.py",
+                                                      submodule_search_locations=[folder])
+
+
+sys.meta_path.insert(0, CheckoutFinder)
+"""
+
+
 def env_for(checkout: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(checkout), "HUGIE_MODEL": str(checkout / "hugie/models/hugie-small")}
+    """The environment that runs ``checkout``'s code (a sitecustomize maps its packages, api/ and training/
+    included, ahead of the installed hugie) on its own embedded model."""
+    shim = Path(tempfile.gettempdir()) / f"hugie-shim-{abs(hash(str(checkout)))}"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_SHIM.format(root=str(checkout)), encoding="utf-8")
+    return {**os.environ, "PYTHONPATH": str(shim), "HUGIE_MODEL": str(checkout / "hugie/models/hugie-small")}
 
 
 def time_batch(checkout: Path, work: Path, docs: list[str]) -> float:

@@ -433,5 +433,18 @@ def batch(
         err.print(f"[yellow]{stats.errors} record{plural} failed[/]: see {stats.errors_file}")
 
 
+def main() -> None:
+    """The ``hugie`` command: ``app``, with a file problem no command checked for (a directory that cannot be
+    written, a full disk) reported as one catalogued line instead of a traceback."""
+    try:
+        app()
+    except OSError as exc:
+        from rich.markup import escape
+
+        message = HugieError("E039", file=exc.filename or "a file", reason=exc.strerror or exc).message
+        err.print(f"[bold red]error:[/] {escape(f'[E039] {message}')}")
+        sys.exit(2)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

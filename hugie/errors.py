@@ -50,6 +50,7 @@ MESSAGES: dict[str, str] = {
     "E036": "{file} is not UTF-8 text: {reason}; convert it to UTF-8 first",
     "E037": "the output {file} is in use by another run (it is locked); let that run finish, then use --resume",
     "E038": "{file} is both the {role} and the {other}; give them different paths",
+    "E039": "cannot use {file}: {reason}",
     # scale-out (Ray engine, torchrun)
     "E040": "the ray engine needs Ray Data, which is not installed: pip install \"hugie[ray]\" ({reason})",
     "E041": "--engine ray: {reason}",

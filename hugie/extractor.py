@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .configuration import HugieConfig, has_torch_weights
 from .errors import HugieError
 from .instructions import detect_language, templates
-from .limits import RequestLimits
+from .limits import RequestLimits, first_passes
 from .scoring import logit, sigmoid
 from .tokenization import HugieTokenizer, TextTokens, pack_by_length
 from .types import (
@@ -38,6 +40,8 @@ from .windows import plan_windows
 log = logging.getLogger("hugie")
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "hugie-small"
+#: a model call pads its rows to the longest; rows shorter than this share of it go to another call
+MIN_FILL = 0.8
 
 
 def checked_threshold(value) -> float:
@@ -247,7 +251,7 @@ class Extractor:
     """
 
     def __init__(self, backend, tokenizer: HugieTokenizer, config: HugieConfig, *,
-                 batch_size: int = 32, batch_tokens: int = 8192, model_path: str | None = None):
+                 batch_size: int = 32, batch_tokens: int = 2048, model_path: str | None = None):
         self.backend = backend
         self.tokenizer = copy.copy(tokenizer)  # max_length below is this extractor's, not the caller's
         self.config = config
@@ -398,7 +402,11 @@ class Extractor:
     def passes(self, request: ExtractRequest | dict) -> int:
         """Encoder passes a request asks for before any relation pass (what a cost check can count
         up front: 1 for an instruction, one per entity type, one per entity and subject type)."""
-        return len(_RequestPlan(as_request(request), self).entity_instructions())
+        return first_passes(as_request(request))
+
+    def instructions(self, request: ExtractRequest | dict) -> list[str]:
+        """The instructions of a request's first passes (its instruction, or one per entity and subject type)."""
+        return list(_RequestPlan(as_request(request), self).entity_instructions().values())
 
     # ------------------------------------------------------------------ model calls
     def _units(self, pairs: Sequence[tuple[str, str]]) -> list[_Unit]:
@@ -422,7 +430,7 @@ class Extractor:
         """Unit indices grouped by length (longest first) under batch size and token budget."""
         lengths = [u.length for u in units]
         order = sorted(range(len(units)), key=lambda i: -lengths[i])
-        return pack_by_length(order, lengths, self.batch_size, self.batch_tokens)
+        return pack_by_length(order, lengths, self.batch_size, self.batch_tokens, min_fill=MIN_FILL)
 
     def _run(self, passes: _Passes, cancel: threading.Event | None = None,
              span_cap: int | None = None) -> list[list[tuple[int, int, float]] | None]:
@@ -439,6 +447,9 @@ class Extractor:
         for batch_ids in self._batches(units):
             if cancel is not None and cancel.is_set():
                 raise HugieError("E117")
+            batch_ids = [i for i in batch_ids if found[units[i].pass_index] is not None]  # overflowed: no more work
+            if not batch_ids:
+                continue
             batch = self.tokenizer.build_batch([(units[i].instruction, units[i].text) for i in batch_ids])
             rows, logits = self.backend.score(batch, thr_logit, width)
             if len(rows) == 0:
@@ -446,10 +457,14 @@ class Extractor:
             probs = sigmoid(logits)
             starts = batch.char_starts[rows[:, 0], rows[:, 1]]
             ends = batch.char_ends[rows[:, 0], rows[:, 2]]
-            for (b, _, _), s, e, p in zip(rows, starts, ends, probs):
-                index = units[batch_ids[b]].pass_index
-                if s < 0 or e <= s or p < thresholds[index]:
-                    continue
+            pass_of_row = np.array([units[i].pass_index for i in batch_ids])[rows[:, 0]]
+            keep = (starts >= 0) & (ends > starts) & (probs >= np.asarray(thresholds)[pass_of_row])
+            if span_cap is not None:  # one window's spans are distinct: more than the cap overflows its pass
+                per_window = np.bincount(rows[keep, 0], minlength=len(batch_ids))
+                for b in np.flatnonzero(per_window > span_cap):
+                    found[units[batch_ids[b]].pass_index] = None
+                keep &= np.array([found[p] is not None for p in pass_of_row], dtype=bool)
+            for index, s, e, p in zip(pass_of_row[keep], starts[keep], ends[keep], probs[keep]):
                 spans = found[index]
                 key = (int(s), int(e))
                 if spans is None or p <= spans.get(key, -1.0):

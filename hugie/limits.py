@@ -51,6 +51,16 @@ class RequestLimits:
             raise HugieError("E114", field=field, value=spans, limit=self.max_spans)
 
 
+def first_passes(request) -> int:
+    """Passes a request asks for before any relation pass: 1 for an instruction, else one per distinct
+    entity type (a schema's subject types included)."""
+    if request.instruction is not None:
+        return 1
+    if request.entities is not None:
+        return len(set(request.entities))
+    return len(set(request.schema_.entities) | {r.subject for r in request.schema_.relations})
+
+
 def _cap(value: int, limit: int | None, field: str, what: str, setting: str) -> None:
     if limit is not None and value > limit:
         raise HugieError("E112", field=field, value=value, what=what, limit=limit, setting=setting)

@@ -227,13 +227,16 @@ class HugieTokenizer:
         return self.build_batch(list(zip(instructions, texts)))
 
 
-def pack_by_length(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tokens: int) -> list[list[int]]:
-    """Group indices, taken in ``order`` (sorted by length), into batches of at most
-    ``batch_size`` rows whose padded size (rows × longest) stays within ``batch_tokens``."""
+def pack_by_length(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tokens: int,
+                   min_fill: float = 0.0) -> list[list[int]]:
+    """Group indices, taken in ``order`` (sorted by length, longest first), into batches of at most
+    ``batch_size`` rows whose padded size (rows × longest) stays within ``batch_tokens``; a row shorter
+    than ``min_fill`` × the batch's longest starts a new batch (padding is work the model does for nothing)."""
     batches, current, width = [], [], 0
     for i in order:
         w = max(width, lengths[i])
-        if current and (len(current) >= batch_size or w * (len(current) + 1) > batch_tokens):
+        if current and (len(current) >= batch_size or w * (len(current) + 1) > batch_tokens
+                        or lengths[i] < min_fill * w):
             batches.append(current)
             current, w = [], lengths[i]
         current.append(i)

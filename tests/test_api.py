@@ -234,19 +234,25 @@ def test_a_bad_request_does_not_fail_the_requests_batched_with_it(tiny_tokenizer
 
     ex.run = spy
     too_long = "人" * 200  # fine for the API limit, too many tokens for the model (E007)
+    # two subjects found where one is allowed: known only once the model has run (E113)
+    fans_out = {"text": "张三和李四", "schema": {"relations": [{"subject": "人名", "predicate": "出生地"}]}}
 
     async def go():
-        app = create_app(make_settings(max_wait_ms=300, warmup=False), extractor=ex)
+        app = create_app(make_settings(max_wait_ms=300, warmup=False, max_subjects=1), extractor=ex)
         async with serving(app) as c:
             good, bad = await asyncio.gather(c.post("/extract", json={"instruction": PER, "text": "张三来了"}),
-                                             c.post("/extract", json={"instruction": too_long, "text": "张三"}))
+                                             c.post("/extract", json=fans_out))
             assert texts(good.json()["spans"]) == ["张三"]
-            assert_error(bad, 422, "E007", "200 tokens")
+            assert_error(bad, 413, "E113", "found 2 subjects")
+            assert 2 in calls, "the two requests were gathered into one call"
+            calls.clear()
+            r = await c.post("/extract", json={"instruction": too_long, "text": "张三"})
+            assert_error(r, 422, "E007", "200 tokens")
             r = await c.post("/extract/batch", json={"items": [{"instruction": PER, "text": "张三"},
                                                                {"instruction": too_long, "text": "张三"}]})
-            assert_error(r, 422, "E007", "items[1]")
+            assert_error(r, 422, "E007")
+            assert calls == [], "an instruction too long for the model is refused before it queues"
     run(go())
-    assert 2 in calls, "the two requests were gathered into one call"
 
 
 # ---------------------------------------------------------------------- limits and validation

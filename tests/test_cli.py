@@ -225,3 +225,15 @@ def test_export_rejects_unknown_or_out_of_range_decoding_before_writing(tmp_path
             export_model(tmp_path / "missing-model", tmp_path / "out", decoding=decoding)
         assert err.value.code == code
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_problem_no_command_checks_is_one_catalogued_line(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.json"
+    src.write_text('{"text": "张三", "label": {}}\n', encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "hugie.cli", "convert", str(src), "-o", "/proc/hugie-test/out.jsonl",
+                           "--format", "cluener"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "[E039] cannot use /proc/hugie-test/out.jsonl" in done.stderr and "Traceback" not in done.stderr

@@ -127,6 +127,13 @@ def session_providers(device: str, quantize: str = "none") -> list[tuple[str, di
             for name in choose_providers(device, quantize)]
 
 
+# A CPU call over more padded tokens than this returns the arena memory it grew (onnxruntime's arena keeps
+# its peak otherwise: one 20,000-character text left the server 550 MiB larger for good). Calls of short
+# texts stay under it and keep their arena. Measured on 2 cores: a 20,000-character text 3.5 -> 3.9 s,
+# RSS growth after it 174 -> 92 MiB; short requests unchanged.
+SHRINK_TOKENS = 1024
+
+
 class OnnxBackend:
     """One InferenceSession per model (encoder + span scorer), built at load and shared by every thread:
     the logit threshold is a graph input, so no request builds a session."""
@@ -176,6 +183,8 @@ class OnnxBackend:
         if self.library:
             opts.register_custom_ops_library(self.library)
         disabled = list(CPU_DISABLED_FUSIONS) if not cuda else None
+        self._shrink = ort.RunOptions()  # a call larger than usual hands its arena growth back when it ends
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.session = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers,
                                             disabled_optimizers=disabled)
         if warmup:
@@ -204,7 +213,8 @@ class OnnxBackend:
             self.session.run_with_iobinding(binding)
             spans, scores = binding.copy_outputs_to_cpu()
         else:
-            spans, scores = self.session.run(["spans", "scores"], feeds)
+            big = batch.input_ids.size > SHRINK_TOKENS
+            spans, scores = self.session.run(["spans", "scores"], feeds, self._shrink if big else None)
         keep = scores > threshold  # float32 logits against the exact threshold, as the torch backend compares
         if max_width < self.max_width:
             keep &= spans[:, 2] - spans[:, 1] < max_width
