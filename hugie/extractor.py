@@ -142,17 +142,23 @@ class _Passes:
     """Distinct (instruction, text, threshold) passes: requests asking the same share one."""
 
     def __init__(self):
-        self.index: dict[tuple[str, str, float], int] = {}
+        self.index: dict[tuple[str, str, float, bool], int] = {}
         self.pairs: list[tuple[str, str]] = []
         self.thresholds: list[float] = []
+        self.needs: list[int | None] = []  # the most spans an asker reads (its top_k); None: every span
 
-    def add(self, instruction: str, text: str, threshold: float) -> int:
-        key = (instruction, text, threshold)
+    def add(self, instruction: str, text: str, threshold: float, top_k: int | None = None) -> int:
+        # askers of every span and askers of their top k do not share: a pass over the span cap fails the
+        # first and answers the second, whatever else shares a call
+        key = (instruction, text, threshold, top_k is None)
         if key not in self.index:
             self.index[key] = len(self.pairs)
             self.pairs.append((instruction, text))
             self.thresholds.append(threshold)
-        return self.index[key]
+            self.needs.append(top_k)
+        i = self.index[key]
+        self.needs[i] = None if self.needs[i] is None or top_k is None else max(self.needs[i], top_k)
+        return i
 
 
 class _RequestPlan:
@@ -187,7 +193,7 @@ class _RequestPlan:
         return {t: self.tmpl.for_entity(t) for t in dict.fromkeys(types)}
 
     def ask_entities(self, passes: _Passes) -> None:
-        self.asked = {name: passes.add(instruction, self.request.text, self.threshold)
+        self.asked = {name: passes.add(instruction, self.request.text, self.threshold, self.top_k)
                       for name, instruction in self.entity_instructions().items()}
 
     def _spans(self, found: list[tuple[int, int, float]] | None, threshold: float,
@@ -218,7 +224,7 @@ class _RequestPlan:
             limits.check_work(len(instructions), len(r.text))
         self.extractor.check_instructions(instructions)
         for rel, subj, instruction in asks:
-            index = passes.add(instruction, r.text, self.object_threshold)
+            index = passes.add(instruction, r.text, self.object_threshold, self.top_k)
             self.relation_asks.append((rel, Entity(type=rel.subject, **subj.model_dump()), index))
 
     def result(self, found: list, span_cap: int | None = None) -> ExtractResult:
@@ -434,9 +440,11 @@ class Extractor:
 
     def _run(self, passes: _Passes, cancel: threading.Event | None = None,
              span_cap: int | None = None) -> list[list[tuple[int, int, float]] | None]:
-        """Each pass's spans ``(start, end, probability)`` at its threshold, best first (None for a pass that found
-        more than ``span_cap``: it stops collecting); stops between model calls once ``cancel`` is set (E117)."""
+        """Each pass's spans ``(start, end, probability)`` at its threshold, best first; stops between model calls
+        once ``cancel`` is set (E117). A pass that finds more than ``span_cap`` spans keeps only its best ones when
+        every asker reads at most that many (top_k), and else stops collecting: None (E114 for its askers)."""
         pairs, thresholds = passes.pairs, passes.thresholds
+        prunable = [span_cap is not None and need is not None and need <= span_cap for need in passes.needs]
         found: list[dict[tuple[int, int], float]] = [dict() for _ in pairs]
         if not pairs:
             return []
@@ -462,7 +470,8 @@ class Extractor:
             if span_cap is not None:  # one window's spans are distinct: more than the cap overflows its pass
                 per_window = np.bincount(rows[keep, 0], minlength=len(batch_ids))
                 for b in np.flatnonzero(per_window > span_cap):
-                    found[units[batch_ids[b]].pass_index] = None
+                    if not prunable[units[batch_ids[b]].pass_index]:
+                        found[units[batch_ids[b]].pass_index] = None
                 keep &= np.array([found[p] is not None for p in pass_of_row], dtype=bool)
             for index, s, e, p in zip(pass_of_row[keep], starts[keep], ends[keep], probs[keep]):
                 spans = found[index]
@@ -470,8 +479,11 @@ class Extractor:
                 if spans is None or p <= spans.get(key, -1.0):
                     continue
                 if span_cap is not None and key not in spans and len(spans) >= span_cap:
-                    found[index] = None  # overflowed: the requests asking it get E114
-                    continue
+                    if not prunable[index]:
+                        found[index] = None  # overflowed: the requests asking it get E114
+                        continue
+                    if len(spans) >= 2 * span_cap:  # its askers read at most span_cap: keep the best
+                        found[index] = spans = dict(sorted(spans.items(), key=lambda kv: -kv[1])[:span_cap])
                 spans[key] = float(p)
         return [None if spans is None else
                 [(s, e, min(1.0, p)) for (s, e), p in sorted(spans.items(), key=lambda kv: (-kv[1], kv[0]))]

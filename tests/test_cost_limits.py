@@ -208,3 +208,14 @@ def test_an_oversize_body_gets_its_413_not_a_reset(tiny_tokenizer):
             urllib.request.urlopen(request, timeout=60)
         assert err.value.code == 413
         assert json.loads(err.value.read())["error"]["code"] == "E101"
+
+
+def test_top_k_answers_a_pass_that_finds_more_spans_than_the_cap(untrained_model_dir):
+    ex = Extractor.load(untrained_model_dir, backend="torch", device="cpu")
+    text = "张三去了北京。" * 200
+    request = {"text": text, "instruction": PER, "threshold": 0.0, "top_k": 5}
+    capped = ex.run([request], limits=RequestLimits(max_spans=100))[0]
+    uncapped = ex.run([request])[0]
+    assert [(s.start, s.end) for s in capped.spans] == [(s.start, s.end) for s in uncapped.spans]
+    both = ex.run([request, {**request, "top_k": None}], limits=RequestLimits(max_spans=100), return_errors=True)
+    assert len(both[0].spans) == 5 and isinstance(both[1], HugieError) and both[1].code == "E114"

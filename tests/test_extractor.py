@@ -255,7 +255,7 @@ def test_run_plans_every_request_and_packs_passes_across_documents(tiny_tokenize
     texts = ["张三出生于北京", "李四出生于上海", "张三和李四"]
     schema = {"entities": ["地名"], "relations": [{"subject": "人名", "predicate": "出生地", "object": "地名"}]}
     requests = [{"text": t, "schema": schema} for t in texts]
-    requests += [{"text": texts[0], "entities": ["人名", "地名"], "top_k": 1}, {"text": texts[1], "instruction": PER}]
+    requests += [{"text": texts[0], "entities": ["人名", "地名"]}, {"text": texts[1], "instruction": PER}]
     results = ex.run(requests)
     assert [type(r).__name__ for r in results] == ["SchemaResult"] * 3 + ["EntitiesResult", "SpansResult"]
     assert len(backend.calls) == 2, "all entity passes in one call, all relation passes in a second"
