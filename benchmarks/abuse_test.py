@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from hugie.client import Client
+
 REPO = Path(__file__).resolve().parents[1]
 PER = "找到文章中所有【人名】类型的实体？"
 SMALL = {"text": "浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。", "instruction": PER}
@@ -120,14 +122,9 @@ def main() -> None:
         cmd += ["--model", args.model]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(900):
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        info = httpx.get(url + "/info").json()
+        with Client(url) as client:
+            client.wait_until_ready(180, process=proc)
+            info = client.info()
         max_text = info["service"]["max_text_chars"]
         print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; model {info.get('model')}")
         asyncio.run(small_latencies(url, 20, args.clients))  # warm-up

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from hugie.client import Client
+
 TYPES = ["地址", "书名", "公司", "游戏", "政府", "电影", "人名", "组织机构", "职位", "景点"]
 SENTENCES = ["浙商银行企业信贷部叶老桂博士则从另一个角度对五道门槛进行了解读。", "张三去了北京，在故宫见到了李四。",
              "《三体》的作者刘慈欣出席了在上海举行的发布会。", "腾讯公司发布了新游戏《王者荣耀》的更新。"]
@@ -114,15 +116,8 @@ def time_service(checkout: Path, docs: list[str], concurrency: int) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "hugie.cli", "serve", "--port", str(port)], env=env_for(checkout),
                             cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit(f"hugie serve in {checkout} did not get ready")
+        with Client(url) as client:
+            client.wait_until_ready(180, process=proc)
         asyncio.run(_clients(url, docs[:8], concurrency))  # warm-up
         rate = asyncio.run(_clients(url, docs, concurrency))
         print(f"  service ({checkout}), {concurrency} clients: {rate:.2f} docs/s")

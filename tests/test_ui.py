@@ -14,20 +14,15 @@ import json
 import os
 import re
 import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
+from hugie.api.app import create_app
+from hugie.api.settings import Settings
+from hugie.api.ui import STATIC_DIR
 
-from api.app import create_app
-from api.settings import Settings
-from api.ui import STATIC_DIR
 from hugie.extractor import DEFAULT_MODEL_DIR
+from tests.test_client import running_server
 
 PERSON = "找到文章中所有【人名】类型的实体？"
 KEY = "sesame-0123"
@@ -113,33 +108,6 @@ def test_the_page_needs_nothing_from_outside_the_server():
 
 
 # ---------------------------------------------------------------------- in a browser
-@contextmanager
-def _serve(app):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if server.started and httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the server never became ready")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def extractor():
     from hugie import Extractor
@@ -149,13 +117,13 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def server(extractor):
-    with _serve(create_app(Settings(warmup=False), extractor=extractor)) as url:
+    with running_server(create_app(Settings(warmup=False), extractor=extractor)) as (url, _):
         yield url
 
 
 @pytest.fixture(scope="module")
 def locked_server(extractor):
-    with _serve(create_app(Settings(warmup=False, api_key=KEY), extractor=extractor)) as url:
+    with running_server(create_app(Settings(warmup=False, api_key=KEY), extractor=extractor)) as (url, _):
         yield url
 
 
