@@ -107,7 +107,10 @@ class ServiceState:
             log.exception("model failed to load")
 
     def _warmup(self) -> None:
+        from hugie.windows import warm_up
+
         self.extractor.extract_entities("张三去了北京。", ["人名"])
+        warm_up()  # jieba's dictionary, which long texts need for their window cuts
 
     def check_key(self, scope) -> None:
         """401 (E105) for a protected path without the API key, when one is set."""

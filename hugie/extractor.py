@@ -472,7 +472,8 @@ class Extractor:
                 for b in np.flatnonzero(per_window > span_cap):
                     if not prunable[units[batch_ids[b]].pass_index]:
                         found[units[batch_ids[b]].pass_index] = None
-                keep &= np.array([found[p] is not None for p in pass_of_row], dtype=bool)
+                alive = np.array([spans is not None for spans in found], dtype=bool)
+                keep &= alive[pass_of_row]
             for index, s, e, p in zip(pass_of_row[keep], starts[keep], ends[keep], probs[keep]):
                 spans = found[index]
                 key = (int(s), int(e))

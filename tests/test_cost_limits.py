@@ -219,3 +219,26 @@ def test_top_k_answers_a_pass_that_finds_more_spans_than_the_cap(untrained_model
     assert [(s.start, s.end) for s in capped.spans] == [(s.start, s.end) for s in uncapped.spans]
     both = ex.run([request, {**request, "top_k": None}], limits=RequestLimits(max_spans=100), return_errors=True)
     assert len(both[0].spans) == 5 and isinstance(both[1], HugieError) and both[1].code == "E114"
+
+
+def test_a_short_request_does_not_wait_behind_a_long_one(tiny_tokenizer):
+    ex, backend = make_extractor(tiny_tokenizer, {PER: NAMES})
+    gate, real = threading.Event(), backend.score
+
+    def score(batch, *args):
+        if batch.input_ids.shape[1] > 40:  # the long text's calls hold until the short answer is in
+            assert gate.wait(30), "the gate never opened"
+        return real(batch, *args)
+
+    backend.score = score
+
+    async def go():
+        settings = make_settings(warmup=False, fast_lane_chars=50, max_text_chars=5000)
+        async with serving(create_app(settings, extractor=ex)) as c:
+            long = asyncio.ensure_future(c.post("/extract", json={"text": "张三去了北京。" * 30, "instruction": PER}))
+            await asyncio.sleep(0.3)
+            short = await c.post("/extract", json={"text": "张三来了", "instruction": PER})
+            assert short.status_code == 200 and not long.done(), "answered while the long one still runs"
+            gate.set()
+            assert (await long).status_code == 200
+    run(go())
