@@ -26,9 +26,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="How long the first request waits for company.")
     max_queue: int = Field(1024, ge=1, description="Queued passes beyond which requests get 503.")
     executor_threads: int = Field(1, ge=1, description="Threads running the model.")
-    fast_lane_chars: int = Field(4_000, ge=0, description=(
-        "Requests of at most this many passes x characters run on a model thread of their own, so they never "
-        "wait behind a long one; 0 turns the fast lane off."))
+    fast_lane_chars: int = Field(1_000, ge=0, description=(
+        "Requests of at most this many passes x characters (relations counted at HUGIE_MAX_SUBJECTS subjects "
+        "each) run on a model thread of their own, so they never wait behind a long one; 0 turns it off."))
 
     # limits: what one request may cost (docs/reliability.md, "Limits that fit", says how they were sized)
     max_text_chars: int = Field(20_000, ge=1, description="Characters of one text.")

@@ -283,7 +283,7 @@ def serve(
     max_queue: Optional[int] = typer.Option(None, help="Queued passes before 503 (HUGIE_MAX_QUEUE, 1024)."),
     threads: Optional[int] = typer.Option(None, help="Model threads (HUGIE_EXECUTOR_THREADS, 1)."),
     fast_lane_chars: Optional[int] = typer.Option(
-        None, help="Passes x characters up to which a request takes the fast lane (HUGIE_FAST_LANE_CHARS, 4000; "
+        None, help="Passes x characters up to which a request takes the fast lane (HUGIE_FAST_LANE_CHARS, 1000; "
                    "0: off)."),
     max_text_chars: Optional[int] = typer.Option(None, help="HUGIE_MAX_TEXT_CHARS (20000)."),
     max_instruction_chars: Optional[int] = typer.Option(None, help="HUGIE_MAX_INSTRUCTION_CHARS (256)."),
