@@ -103,7 +103,7 @@ class MicroBatcher:
     def __init__(self, extractor, executor: Executor, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                  max_queue: int = 1024, concurrency: int = 1, retry_after_s: int = 1,
                  metrics: Metrics | None = None, limits: RequestLimits | None = None, fast_lane_chars: int = 0,
-                 after_main_call=None):
+                 after_call=None):
         self.extractor = extractor
         self.executor = executor
         self.max_batch = max_batch
@@ -113,7 +113,7 @@ class MicroBatcher:
         self.metrics = metrics or Metrics()
         self.limits = limits
         self.fast_lane_chars = fast_lane_chars
-        self.after_main_call = after_main_call  # run in the model thread after each main-lane call
+        self.after_call = after_call  # run in the model thread after each model call
         self._queued = 0  # passes waiting (not yet running)
         self._lanes = {"main": _Lane(self, "main", concurrency)}
         if fast_lane_chars > 0:  # small jobs never wait behind a long one (the executor has a thread for them)
@@ -230,7 +230,7 @@ class MicroBatcher:
         stats: dict = {}
         run = functools.partial(self.extractor.run, requests, limits=self.limits, cancel=cancel,
                                 return_errors=True, stats=stats)
-        after = self.after_main_call if lane is not None and lane.name == "main" else None
+        after = self.after_call
 
         def fn():
             try:

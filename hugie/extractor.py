@@ -42,6 +42,9 @@ log = logging.getLogger("hugie")
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "hugie-small"
 #: a model call pads its rows to the longest; rows shorter than this share of it go to another call
 MIN_FILL = 0.8
+#: padded tokens per model call: on 2 CPU cores 1,024-token calls read a 20,000-character text in 3.65 s against
+#: 4.10 s for 2,048 and 4.24 s for 8,192, with a smaller memory peak
+BATCH_TOKENS = 1024
 
 
 def checked_threshold(value) -> float:
@@ -257,7 +260,7 @@ class Extractor:
     """
 
     def __init__(self, backend, tokenizer: HugieTokenizer, config: HugieConfig, *,
-                 batch_size: int = 32, batch_tokens: int = 2048, model_path: str | None = None):
+                 batch_size: int = 32, batch_tokens: int = BATCH_TOKENS, model_path: str | None = None):
         self.backend = backend
         self.tokenizer = copy.copy(tokenizer)  # max_length below is this extractor's, not the caller's
         self.config = config
@@ -269,8 +272,11 @@ class Extractor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, path_or_id: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto",
-             **kwargs) -> Extractor:
-        """Load a model directory (or hub id; ``None`` = the embedded default)."""
+             concurrent: bool = False, **kwargs) -> Extractor:
+        """Load a model directory (or hub id; ``None`` = the embedded default). ``concurrent``: model calls will
+        run from several threads at once (the service's lanes), so onnxruntime's threads sleep between their
+        parallel sections instead of spinning (measured on 2 cores: a short call beside a long one 16.8 -> 8.1 ms,
+        alone 5.2 -> 7.9 ms)."""
         path = resolve_model_path(path_or_id)
         config = HugieConfig.from_pretrained(path)
         tokenizer = HugieTokenizer.from_file(path / "tokenizer.json", max_length=config.max_seq_length)
@@ -290,7 +296,7 @@ class Extractor:
                 raise HugieError("E012", path=path, file="model.onnx (run `hugie export` first)")
             from .backends.onnx import OnnxBackend
 
-            engine = OnnxBackend(path, config, device=device)
+            engine = OnnxBackend(path, config, device=device, spin=not concurrent)
         else:
             raise HugieError("E013", backend=backend, choices="auto, torch, onnx")
         return cls(engine, tokenizer, config, model_path=str(path), **kwargs)
