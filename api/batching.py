@@ -20,7 +20,6 @@ thread, so a short request never waits behind a long one (a text at the length l
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
@@ -208,14 +207,14 @@ class MicroBatcher:
         try:
             live = [j for j in batch if not j.future.done()]  # drop jobs whose caller gave up
             if live:
-                await self._call(live, lane)
+                await self._call(live)
         except Exception as exc:  # noqa: BLE001 - every caller gets the error
             for job in batch:
                 _fail(job, exc)
         finally:
             lane.slots.release()
 
-    async def _call(self, jobs: list[_Job], lane: _Lane | None = None) -> None:
+    async def _call(self, jobs: list[_Job]) -> None:
         """One ``Extractor.run`` for every request of ``jobs``; each job gets its own results (or the error of
         one of its requests). The work stops between model calls once every caller has given up."""
         requests = [r for j in jobs for r in j.requests]
@@ -228,16 +227,15 @@ class MicroBatcher:
         for job in jobs:
             job.future.add_done_callback(gave_up)
         stats: dict = {}
-        run = functools.partial(self.extractor.run, requests, limits=self.limits, cancel=cancel,
-                                return_errors=True, stats=stats)
-        after = self.after_call
 
         def fn():
             try:
-                return run()
+                return self.extractor.run(requests, limits=self.limits, cancel=cancel, return_errors=True,
+                                          stats=stats)
             finally:
-                if after is not None:
-                    after()
+                if self.after_call is not None:
+                    self.after_call()
+
         self.metrics.batch_requests.observe(len(jobs))
         start = time.perf_counter()
         try:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HugieError
-from .types import Schema, as_request
+from .types import Schema, as_request, request_dict
 
 try:
     import fcntl
@@ -611,11 +611,8 @@ def batch_task(*, instruction: str | None = None, entities: Sequence[str] | None
     ``instruction``, ``entities``, ``schema``, and options (``threshold``, ``top_k``, ``language``,
     ``one_type_per_span``, ``flat_ner``, ``relation_threshold``) that are not None. Validated here,
     so a bad task fails with its catalogued error before any model loads."""
-    if isinstance(schema, Schema):
-        schema = schema.model_dump(exclude_defaults=True)
-    fields = {"instruction": instruction, "entities": None if entities is None else list(entities),
-              "schema": schema, **options}
-    task = {k: v for k, v in fields.items() if v is not None}
+    task = request_dict(instruction=instruction, entities=None if entities is None else list(entities),
+                        schema=schema, **options)
     as_request({**task, "text": ""})
     return task
 

@@ -27,7 +27,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt
 
-from .types import BatchResponse, ExtractRequest, ExtractResult, Schema, SchemaResult, Span
+from .types import BatchResponse, ExtractRequest, ExtractResult, Schema, SchemaResult, Span, request_dict
 
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -103,8 +103,8 @@ def _body(item: ExtractRequest | dict) -> dict:
 
 
 def _request(**fields) -> dict:
-    """A request body from keyword arguments, options left unset (None) dropped."""
-    return _body({k: v for k, v in fields.items() if v is not None or k == "text"})
+    """A request body from keyword arguments (see :func:`hugie.types.request_dict`)."""
+    return _body(request_dict(**fields))
 
 
 _RESULT = TypeAdapter(ExtractResult)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .data import Record
 from .tokenization import char_span_to_tokens
-from .types import SchemaResult
+from .types import SchemaResult, request_dict
 
 
 def prf(tp: int, n_pred: int, n_gold: int) -> dict:
@@ -45,11 +45,12 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
     """Strict micro P/R/F1 of one entity-type request per record (every type of the file)."""
     flat_ner, one_type_per_span = extractor.entity_decoding(one_type_per_span, flat_ner)
     types = sorted(types or {e.type for r in records for e in r.entities})
-    options = _options(threshold=threshold, language=language, one_type_per_span=one_type_per_span,
+    options = request_dict(threshold=threshold, language=language, one_type_per_span=one_type_per_span,
                        flat_ner=flat_ner)
     requests = [{"text": rec.text, "entities": types, **options} for rec in records] if types else []
     start = time.perf_counter()
-    results = extractor.run(requests)
+    stats = {"passes": 0}
+    results = extractor.run(requests, stats=stats)
     elapsed = time.perf_counter() - start
     pred = {(idx, s.start, s.end, t) for idx, result in enumerate(results) for t, spans in result.entities.items()
             for s in spans}
@@ -63,13 +64,9 @@ def evaluate_ner(extractor, records: Sequence[Record], types: Sequence[str] | No
     out["per_type"] = per_type
     out["one_type_per_span"] = one_type_per_span
     out["flat_ner"] = flat_ner
-    out["passes"] = len(records) * len(types)
+    out["passes"] = stats["passes"]
     out["passes_per_second"] = round(out["passes"] / elapsed, 2) if elapsed > 0 else None
     return out
-
-
-def _options(**options) -> dict:
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def gold_predicates(records: Sequence[Record]) -> dict[str, list[str]]:
@@ -84,20 +81,19 @@ def gold_predicates(records: Sequence[Record]) -> dict[str, list[str]]:
 def predict_relations(extractor, records: Sequence[Record], predicates: dict[str, list[str]],
                       threshold: float | None = None, relation_threshold: float | None = None,
                       language: str | None = None) -> tuple[dict[tuple[int, str, str, str], float], int]:
-    """``({(record index, subject text, predicate, object text): best object score}, passes asked)``: one
+    """``({(record index, subject text, predicate, object text): best object score}, passes run)``: one
     schema request per record (relations of ``predicates``: subject type → predicates), as a user sends it."""
     relations = [{"subject": t, "predicate": p} for t in sorted(predicates) for p in predicates[t]]
-    options = _options(threshold=threshold, relation_threshold=relation_threshold, language=language)
+    options = request_dict(threshold=threshold, relation_threshold=relation_threshold, language=language)
     requests = [{"text": rec.text, "schema": {"relations": relations}, **options} for rec in records]
-    results = extractor.run(requests) if relations else [SchemaResult() for _ in records]
+    stats = {"passes": 0}
+    results = extractor.run(requests, stats=stats) if relations else [SchemaResult() for _ in records]
     found: dict[tuple[int, str, str, str], float] = {}
     for idx, result in enumerate(results):
         for r in result.relations:
             key = (idx, r.subject.text, r.predicate, r.object.text)
             found[key] = max(r.object.score, found.get(key, 0.0))
-    subjects = {(idx, r.subject.text) for idx, result in enumerate(results) for r in result.relations}
-    asked = sum(len(set(predicates)) for _ in records) + len(subjects)
-    return found, asked
+    return found, stats["passes"]
 
 
 def score_relations(pred, records: Sequence[Record]) -> dict:

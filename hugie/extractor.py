@@ -34,6 +34,7 @@ from .types import (
     Span,
     SpansResult,
     as_request,
+    request_dict,
 )
 from .windows import plan_windows
 
@@ -45,6 +46,8 @@ MIN_FILL = 0.8
 #: padded tokens per model call: on 2 CPU cores 1,024-token calls read a 20,000-character text in 3.65 s against
 #: 4.10 s for 2,048 and 4.24 s for 8,192, with a smaller memory peak
 BATCH_TOKENS = 1024
+#: instructions whose tokens an Extractor keeps (entity types and relation questions repeat across requests)
+INSTRUCTION_CACHE = 4096
 
 
 def checked_threshold(value) -> float:
@@ -136,11 +139,6 @@ def count_spans(result: ExtractResult) -> int:
     return len(result.entities) + len(result.relations)
 
 
-def _request(**fields) -> dict:
-    """A request dict from keyword arguments, options left unset (None) dropped."""
-    return {k: v for k, v in fields.items() if v is not None or k == "text"}
-
-
 class _Passes:
     """Distinct (instruction, text, threshold) passes: requests asking the same share one."""
 
@@ -160,7 +158,8 @@ class _Passes:
             self.thresholds.append(threshold)
             self.needs.append(top_k)
         i = self.index[key]
-        self.needs[i] = None if self.needs[i] is None or top_k is None else max(self.needs[i], top_k)
+        if top_k is not None:  # the key keeps askers of every span (need None) apart
+            self.needs[i] = max(self.needs[i], top_k)
         return i
 
 
@@ -268,6 +267,8 @@ class Extractor:
         self.batch_tokens = batch_tokens
         self.model_path = model_path
         self.tokenizer.max_length = min(config.max_seq_length, tokenizer.max_length or config.max_seq_length)
+        self._instruction_tokens: dict[str, TextTokens] = {}  # see check_instructions
+        self._instruction_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -404,12 +405,24 @@ class Extractor:
             stats["passes"] = len(entity_passes.pairs) + len(relation_passes.pairs)
         return results
 
-    def check_instructions(self, instructions: Sequence[str]) -> None:
-        """E007 unless every instruction leaves room for at least 8 text tokens."""
+    def check_instructions(self, instructions: Sequence[str]) -> dict[str, TextTokens]:
+        """The tokens of each distinct instruction; E007 unless every one leaves room for at least 8 text tokens.
+        Cached: the same entity types and instructions come back request after request, and a request's are
+        checked before it queues, before its work, and read again when its passes are built."""
+        with self._instruction_lock:
+            known = {i: self._instruction_tokens.get(i) for i in dict.fromkeys(instructions)}
+        new = [i for i, tokens in known.items() if tokens is None]
+        if new:
+            known.update(zip(new, self.tokenizer.tokenize(new)))
+            with self._instruction_lock:
+                if len(self._instruction_tokens) + len(new) > INSTRUCTION_CACHE:
+                    self._instruction_tokens.clear()
+                self._instruction_tokens.update((i, known[i]) for i in new)
         max_length = self.tokenizer.max_length
-        for tokens in self.tokenizer.tokenize(list(dict.fromkeys(instructions))):
+        for tokens in known.values():
             if max_length - len(tokens) - 3 < 8:
                 raise HugieError("E007", length=len(tokens), limit=max_length - 11, max_length=max_length)
+        return known
 
     def passes(self, request: ExtractRequest | dict) -> int:
         """Encoder passes a request asks for before any relation pass (what a cost check can count
@@ -422,17 +435,14 @@ class Extractor:
 
     # ------------------------------------------------------------------ model calls
     def _units(self, pairs: Sequence[tuple[str, str]]) -> list[_Unit]:
-        uniq_instr = list(dict.fromkeys(p[0] for p in pairs))
+        instr_cache = self.check_instructions([p[0] for p in pairs])
         uniq_text = list(dict.fromkeys(p[1] for p in pairs))
-        instr_cache = dict(zip(uniq_instr, self.tokenizer.tokenize(uniq_instr)))
         text_cache = dict(zip(uniq_text, self.tokenizer.tokenize(uniq_text)))
         units = []
         max_length = self.tokenizer.max_length
         for index, (instruction, text) in enumerate(pairs):
             ins = instr_cache[instruction]
             budget = max_length - len(ins) - 3
-            if budget < 8:
-                raise HugieError("E007", length=len(ins), limit=max_length - 11, max_length=max_length)
             tokens = text_cache[text]
             for lo, hi in plan_windows(text, tokens, budget):
                 units.append(_Unit(index, ins, tokens.slice(lo, hi)))
@@ -505,11 +515,11 @@ class Extractor:
         if text is None and isinstance(instruction, (list, tuple)):
             if not all(isinstance(item, (list, tuple)) and len(item) == 2 for item in instruction):
                 raise HugieError("E008")
-            results = self.run([_request(instruction=i, text=t, **options) for i, t in instruction])
+            results = self.run([request_dict(instruction=i, text=t, **options) for i, t in instruction])
             return [r.spans for r in results]
         if text is None:
             raise HugieError("E008")
-        return self.run([_request(instruction=instruction, text=text, **options)])[0].spans
+        return self.run([request_dict(instruction=instruction, text=text, **options)])[0].spans
 
     def extract_entities(self, text: str, types: Sequence[str], *, threshold: float | None = None,
                          top_k: int | None = None, language: str | None = None,
@@ -519,7 +529,7 @@ class Extractor:
         found for several types stays only under its best-scoring one; with ``flat_ner`` no two spans overlap."""
         if isinstance(types, str) or not isinstance(types, (list, tuple)):
             raise HugieError("E009", value=types)
-        request = _request(text=text, entities=list(types), threshold=threshold, top_k=top_k, language=language,
+        request = request_dict(text=text, entities=list(types), threshold=threshold, top_k=top_k, language=language,
                            one_type_per_span=one_type_per_span, flat_ner=flat_ner)
         return self.run([request])[0].entities
 
@@ -535,11 +545,7 @@ class Extractor:
         one type per span shape the entity list only: relation subjects are every span of their type's
         own pass (taking them after that decoding cost DuIE 1 dev 11 points of recall, F1 64.0 → 61.5).
         """
-        if isinstance(schema, Schema):
-            schema = schema.model_dump(exclude_defaults=True)
-        if not isinstance(schema, dict):
-            raise HugieError("E005", keys=type(schema).__name__)
-        request = _request(text=text, schema=schema, threshold=threshold, top_k=top_k, language=language,
+        request = request_dict(text=text, schema=schema, threshold=threshold, top_k=top_k, language=language,
                            one_type_per_span=one_type_per_span, flat_ner=flat_ner,
                            relation_threshold=relation_threshold)
         return self.run([request])[0]

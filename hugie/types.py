@@ -222,7 +222,6 @@ ExtractResult = Annotated[
           Annotated[SchemaResult, Tag("schema")]],
     Discriminator(_result_kind),
 ]
-RESULT_TYPES = {"instruction": SpansResult, "entities": EntitiesResult, "schema": SchemaResult}
 
 
 def request_error(exc: ValidationError) -> HugieError:
@@ -257,6 +256,12 @@ def request_error(exc: ValidationError) -> HugieError:
             return HugieError("E005", keys=sorted(given) if isinstance(given, dict) else type(given).__name__)
         return HugieError("E026", details=details)
     return HugieError("E029", details=details)
+
+
+def request_dict(**fields) -> dict:
+    """Request fields from keyword arguments: ``text`` when given (even None, so its error names it), every other
+    field only when it is not None (an option left unset)."""
+    return {k: v for k, v in fields.items() if v is not None or k == "text"}
 
 
 def as_request(item: ExtractRequest | dict) -> ExtractRequest:
