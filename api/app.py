@@ -407,9 +407,8 @@ def create_app(settings: Settings | None = None, *, extractor=None) -> FastAPI:
                 raise ApiError(422, "E107", details=f"{where}{name}: lone surrogate U+{ord(bad.group()):04X} at "
                                                     f"character {bad.start()} is not valid Unicode")
         # the cost limits that need no model work, counted before anything is tokenized or queued
-        limits.check_request(item, first_passes(item), field=where.rstrip(".") or "request")
-        if state.extractor is not None:
-            state.extractor.check_instructions(state.extractor.instructions(item))
+        passes = state.extractor.passes(item) if state.extractor is not None else first_passes(item)
+        limits.check_request(item, passes, field=where.rstrip(".") or "request")
 
     async def run_item(batcher: MicroBatcher, item: ExtractRequest, reserved: bool = False):
         return (await batcher.run([item], reserved=reserved))[0]

@@ -143,14 +143,15 @@ class MicroBatcher:
     def cost(self, request: ExtractRequest) -> int:
         """Passes ``request`` puts on the queue: its first-stage passes and one per relation."""
         relations = len(request.schema_.relations) if request.schema_ is not None else 0
-        return max(1, self.extractor.passes(request) + relations)
+        return max(1, self.extractor.passes(request) + self.extractor.relation_passes(relations))
 
     def most_work(self, request: ExtractRequest) -> int:
         """The most passes x characters ``request`` can cost: its first passes, and every relation asked of as
         many subjects as the limits allow."""
         relations = len(request.schema_.relations) if request.schema_ is not None else 0
         subjects = self.limits.max_subjects if self.limits is not None and self.limits.max_subjects else 32
-        return (self.extractor.passes(request) + relations * subjects) * max(1, len(request.text))
+        return ((self.extractor.passes(request) + self.extractor.relation_passes(relations) * subjects)
+                * max(1, len(request.text)))
 
     async def run(self, requests: list[ExtractRequest], *, reserved: bool = False) -> list:
         """One result per request, batched with whatever else is queued.

@@ -26,6 +26,16 @@ def has_torch_weights(directory: str | os.PathLike) -> bool:
     return any((Path(directory) / name).exists() for name in TORCH_WEIGHT_FILES)
 
 
+#: ``instruction``: one prompt before the text per encoder row (the HugIE layout); ``slots``: K prompts, each
+#: behind a marker token, and span logits per prompt (a whole schema in one row).
+ARCHITECTURES = ("instruction", "slots")
+
+#: A slot model's prompt settings: marker tokens (vocabulary entries no text can produce), at most
+#: ``max_slots`` prompts and ``max_prompt_tokens`` prompt tokens per row, and the rank of its slot × token biases.
+SLOT_DEFAULTS = {"markers": {"entity": "[E]", "relation": "[R]"}, "max_slots": 16, "max_prompt_tokens": 128,
+                 "rank": 32}
+
+
 @dataclass
 class HugieConfig:
     """Span head settings, the encoder's own config, instruction templates and decoding defaults."""
@@ -39,12 +49,24 @@ class HugieConfig:
     one_type_per_span: bool = False  # entity passes: a span keeps only its best type
     flat_ner: bool = False  # entity passes: no two spans overlap (across types, best score first)
     instructions: dict = field(default_factory=default_templates_dict)
+    architecture: str = "instruction"  # "instruction": one prompt per row; "slots": K prompts per row (SLOT_DEFAULTS)
+    slots: dict | None = None  # slot models: marker tokens, max_slots, max_prompt_tokens, rank
     onnx: dict | None = None  # an export's graph: file, quantize, fp32_matmuls, outlier_channels, ...
     extra: dict = field(default_factory=dict)  # every other key of config.json (model_type, transformers', ...)
 
     def __post_init__(self):
         self.encoder = self.encoder or {}
         self.instructions = self.instructions or default_templates_dict()
+        if self.architecture not in ARCHITECTURES:
+            raise HugieError("E015", name="config.json", reason=f"architecture {self.architecture!r} is not one of "
+                                                                f"{', '.join(ARCHITECTURES)}")
+        if self.architecture == "slots":
+            self.slots = {**SLOT_DEFAULTS, **(self.slots or {})}
+
+    @property
+    def slotted(self) -> bool:
+        """Whether one row carries several prompts (slots), each marked by a marker token."""
+        return self.architecture == "slots"
 
     @classmethod
     def from_dict(cls, data: dict) -> HugieConfig:

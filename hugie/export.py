@@ -73,7 +73,16 @@ def _projection(model):
         def forward(self, input_ids, attention_mask):
             return self.model.project(input_ids, attention_mask)
 
-    return Projection()
+    class SlotProjection(Projection):
+        def forward(self, input_ids, attention_mask, slot_positions, slot_mask):
+            return self.model.project(input_ids, attention_mask, slot_positions, slot_mask)
+
+    return SlotProjection() if model.config.slotted else Projection()
+
+
+#: graph inputs of an export: every model's, and a slot model's slot markers
+INPUTS = ("input_ids", "attention_mask")
+SLOT_INPUTS = ("slot_positions", "slot_mask")
 
 
 def export_onnx(model, path: Path, opset: int = 17) -> Path:
@@ -88,9 +97,16 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
             "q": {0: "batch", 1: "length"}, "k": {0: "batch", 1: "length"},
             "start_bias": {0: "batch", 1: "length"}, "end_bias": {0: "batch", 1: "length"}}
+    args, names = (ids, attn), list(INPUTS)
+    if model.config.slotted:  # q [B, K, L, D], biases [B, K, L]
+        args += (torch.tensor([[1, 3, 5], [1, 3, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+        names += SLOT_INPUTS
+        axes.update({"slot_positions": {0: "batch", 1: "slots"}, "slot_mask": {0: "batch", 1: "slots"},
+                     "q": {0: "batch", 1: "slots", 2: "length"}, "start_bias": {0: "batch", 1: "slots", 2: "length"},
+                     "end_bias": {0: "batch", 1: "slots", 2: "length"}})
     with torch.no_grad():
-        torch.onnx.export(_projection(model).eval(), (ids, attn), str(path),
-                          input_names=["input_ids", "attention_mask"],
+        torch.onnx.export(_projection(model).eval(), args, str(path),
+                          input_names=names,
                           output_names=["q", "k", "start_bias", "end_bias"], dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return path
@@ -131,14 +147,26 @@ def outlier_channels(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> d
 
     from .instructions import templates
 
-    pairs = [(templates(lang).for_entity(t), text)
-             for lang, types, texts in CALIBRATION for t in types for text in texts]
-    tokens = tokenizer.tokenize([p for pair in pairs for p in pair])
-    fitting = [pair for pair in zip(tokens[::2], tokens[1::2]) if tokenizer.pair_length(*pair) <= tokenizer.max_length]
-    if not fitting:
+    if model.config.slotted:  # one row per text: its language's types as slots
+        from .prompts import ENTITY, Prompt, PromptTokenizer
+
+        prompts = PromptTokenizer(tokenizer, model.config.slots)
+        rows = [(prompts.encode(Prompt(ENTITY, tuple(types))), text)
+                for _, types, texts in CALIBRATION for text in texts]
+        tokens = tokenizer.tokenize([text for _, text in rows])
+        pairs = [(prompt, text) for ((prompt, _), _), text in zip(rows, tokens)]
+        markers = [markers for ((_, markers), _) in rows]
+    else:
+        pairs = [(templates(lang).for_entity(t), text)
+                 for lang, types, texts in CALIBRATION for t in types for text in texts]
+        tokens = tokenizer.tokenize([p for pair in pairs for p in pair])
+        pairs, markers = list(zip(tokens[::2], tokens[1::2])), None
+    fits = [tokenizer.pair_length(*pair) <= tokenizer.max_length for pair in pairs]
+    if not any(fits):
         log.warning("no calibration pass fits max_length %d; quantizing every channel", tokenizer.max_length)
         return {}
-    batch = tokenizer.build_batch(fitting)
+    batch = tokenizer.build_batch([p for p, fit in zip(pairs, fits) if fit],
+                                  markers=None if markers is None else [m for m, fit in zip(markers, fits) if fit])
     valid = torch.as_tensor(batch.attention_mask, dtype=torch.bool)
     peaks: dict[int, torch.Tensor] = {}
 
@@ -151,7 +179,9 @@ def outlier_channels(model, tokenizer, ratio: float | None = OUTLIER_RATIO) -> d
              for name, module in model.named_modules() if (m := _FFN_OUTPUT.search(name))]
     try:
         with torch.no_grad():
-            model.project(torch.as_tensor(batch.input_ids), torch.as_tensor(batch.attention_mask))
+            slots = () if batch.slot_positions is None else (torch.as_tensor(batch.slot_positions),
+                                                              torch.as_tensor(batch.slot_mask))
+            model.project(torch.as_tensor(batch.input_ids), torch.as_tensor(batch.attention_mask), *slots)
     finally:
         for h in hooks:
             h.remove()
@@ -292,8 +322,9 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
     return output
 
 
-_LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output|intermediate|output)/dense"
-                          r"|projection|bias_head)/MatMul(?:_quant)?$")
+_LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output/dense|intermediate/dense|output/dense"
+                          r"|attention/self/query|attention/self/key|attention/self/value)"
+                          r"|projection|bias_head|slot_gate|slot_query|token_key)/MatMul(?:_quant)?$")
 
 
 def model_from_export(directory: str | Path):

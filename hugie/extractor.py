@@ -20,6 +20,7 @@ from .configuration import HugieConfig, has_torch_weights
 from .errors import HugieError
 from .instructions import detect_language, templates
 from .limits import RequestLimits, first_passes
+from .prompts import ENTITY, RELATION, Prompt, PromptTokenizer, subject_cue
 from .scoring import logit, sigmoid
 from .tokenization import HugieTokenizer, TextTokens, pack_by_length
 from .types import (
@@ -117,17 +118,39 @@ def keep_flat(by_type: dict[str, list[Span]]) -> dict[str, list[Span]]:
     return {t: [s for s in spans if (t, s.start, s.end) in kept] for t, spans in by_type.items()}
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One question to the model: a whole instruction (one-slot models), or a slot's words (slot models: an
+    entity type or a free-form instruction behind ``[E]``, a predicate behind ``[R]`` after its subject's cue)."""
+
+    kind: str  # INSTRUCTION, or hugie.prompts.ENTITY / RELATION
+    words: str
+    prefix: str = ""
+
+
+INSTRUCTION = "instruction"
+
+
+@dataclass
+class _Row:
+    """One encoder pass of a text: its prompt (one instruction, or several slots) and the asks each slot answers."""
+
+    text: str
+    prompt: TextTokens
+    markers: list[int] | None  # each slot's marker index in the prompt (slot models)
+    slot_asks: list[list[int]]  # per slot: the asks it answers (same words asked at several thresholds)
+
+
 @dataclass
 class _Unit:
-    """One encoder row: a pass (instruction, text) restricted to one window of the text."""
+    """One encoder row: a pass restricted to one window of its text."""
 
-    pass_index: int
-    instruction: TextTokens
+    row: _Row
     text: TextTokens
 
     @property
     def length(self) -> int:
-        return len(self.instruction) + len(self.text) + 3
+        return len(self.row.prompt) + len(self.text) + 3
 
 
 def count_spans(result: ExtractResult) -> int:
@@ -139,22 +162,24 @@ def count_spans(result: ExtractResult) -> int:
     return len(result.entities) + len(result.relations)
 
 
-class _Passes:
-    """Distinct (instruction, text, threshold) passes: requests asking the same share one."""
+class _Asks:
+    """Distinct (ask, text, threshold) questions: requests asking the same share one."""
 
     def __init__(self):
-        self.index: dict[tuple[str, str, float, bool], int] = {}
-        self.pairs: list[tuple[str, str]] = []
+        self.index: dict[tuple[Ask, str, float, bool], int] = {}
+        self.asks: list[Ask] = []
+        self.texts: list[str] = []
         self.thresholds: list[float] = []
         self.needs: list[int | None] = []  # the most spans an asker reads (its top_k); None: every span
 
-    def add(self, instruction: str, text: str, threshold: float, top_k: int | None = None) -> int:
+    def add(self, ask: Ask, text: str, threshold: float, top_k: int | None = None) -> int:
         # askers of every span and askers of their top k do not share: a pass over the span cap fails the
         # first and answers the second, whatever else shares a call
-        key = (instruction, text, threshold, top_k is None)
+        key = (ask, text, threshold, top_k is None)
         if key not in self.index:
-            self.index[key] = len(self.pairs)
-            self.pairs.append((instruction, text))
+            self.index[key] = len(self.asks)
+            self.asks.append(ask)
+            self.texts.append(text)
             self.thresholds.append(threshold)
             self.needs.append(top_k)
         i = self.index[key]
@@ -164,7 +189,7 @@ class _Passes:
 
 
 class _RequestPlan:
-    """One request's passes and decoding: entity (or instruction) passes, then relation passes."""
+    """One request's asks and decoding: entity (or instruction) asks, then relation asks of the subjects found."""
 
     def __init__(self, request: ExtractRequest, extractor: Extractor):
         self.request, self.extractor = request, extractor
@@ -172,31 +197,31 @@ class _RequestPlan:
         self.top_k = request.top_k
         self.schema = request.schema_
         self.tmpl = None if request.mode == "instruction" else extractor._templates(request.text, request.language)
-        self.asked: dict[str | None, int] = {}  # entity type (None: the instruction) -> pass index
+        self.asked: dict[str | None, int] = {}  # entity type (None: the instruction) -> ask index
         self.spans: dict[str | None, list[Span]] = {}
         self.relation_asks: list[tuple[RelationSchema, Entity, int]] = []
         self.error: HugieError | None = None
 
     def check(self, limits: RequestLimits | None) -> None:
-        """What can be checked before any model work: instruction lengths (E007) and ``limits``."""
-        instructions = self.entity_instructions()
-        self.extractor.check_instructions(list(instructions.values()))
+        """What can be checked before any model work: prompt lengths (E007) and ``limits``."""
+        asks = list(self.entity_asks().values())
+        self.extractor._check_asks(asks)
         if limits is not None:
-            limits.check_request(self.request, len(instructions))
+            limits.check_request(self.request, self.extractor._count_rows(asks, self.request.text))
 
-    def entity_instructions(self) -> dict[str | None, str]:
-        r = self.request
+    def entity_asks(self) -> dict[str | None, Ask]:
+        r, ex = self.request, self.extractor
         if r.mode == "instruction":
-            return {None: r.instruction}
+            return {None: ex._instruction_ask(r.instruction)}
         if r.mode == "entities":
             types = r.entities
         else:
             types = self.schema.entities + [x.subject for x in self.schema.relations]
-        return {t: self.tmpl.for_entity(t) for t in dict.fromkeys(types)}
+        return {t: ex._entity_ask(self.tmpl, t) for t in dict.fromkeys(types)}
 
-    def ask_entities(self, passes: _Passes) -> None:
-        self.asked = {name: passes.add(instruction, self.request.text, self.threshold, self.top_k)
-                      for name, instruction in self.entity_instructions().items()}
+    def ask_entities(self, asks: _Asks) -> None:
+        self.asked = {name: asks.add(ask, self.request.text, self.threshold, self.top_k)
+                      for name, ask in self.entity_asks().items()}
 
     def _spans(self, found: list[tuple[int, int, float]] | None, threshold: float,
                span_cap: int | None = None) -> list[Span]:
@@ -209,24 +234,24 @@ class _RequestPlan:
     def take_entities(self, found: list, span_cap: int | None = None) -> None:
         self.spans = {name: self._spans(found[i], self.threshold, span_cap) for name, i in self.asked.items()}
 
-    def ask_relations(self, passes: _Passes, limits: RequestLimits | None = None) -> None:
-        """Add one pass per (relation, subject found); checked against ``limits`` before any is added."""
+    def ask_relations(self, asks: _Asks, limits: RequestLimits | None = None) -> None:
+        """Ask each relation of each subject found; checked against ``limits`` before any is added."""
         if self.schema is None or not self.schema.relations:
             return
-        r = self.request
-        self.object_threshold = self.extractor.relation_threshold(r.threshold, r.relation_threshold)
-        asks = []
+        r, ex = self.request, self.extractor
+        self.object_threshold = ex.relation_threshold(r.threshold, r.relation_threshold)
+        planned = []
         for rel in self.schema.relations:
             subjects = self.spans.get(rel.subject, [])
             if limits is not None:
                 limits.check_subjects(f"{rel.subject} {rel.predicate}", len(subjects))
-            asks += [(rel, subj, self.tmpl.for_relation(subj.text, rel.predicate)) for subj in subjects]
-        instructions = list(dict.fromkeys(instruction for _, _, instruction in asks))
+            planned += [(rel, subj, ex._relation_ask(self.tmpl, subj.text, rel.predicate)) for subj in subjects]
+        distinct = list(dict.fromkeys(ask for _, _, ask in planned))
         if limits is not None:
-            limits.check_work(len(instructions), len(r.text))
-        self.extractor.check_instructions(instructions)
-        for rel, subj, instruction in asks:
-            index = passes.add(instruction, r.text, self.object_threshold, self.top_k)
+            limits.check_work(ex._count_rows(distinct, r.text), len(r.text))
+        ex._check_asks(distinct)
+        for rel, subj, ask in planned:
+            index = asks.add(ask, r.text, self.object_threshold, self.top_k)
             self.relation_asks.append((rel, Entity(type=rel.subject, **subj.model_dump()), index))
 
     def result(self, found: list, span_cap: int | None = None) -> ExtractResult:
@@ -267,8 +292,9 @@ class Extractor:
         self.batch_tokens = batch_tokens
         self.model_path = model_path
         self.tokenizer.max_length = min(config.max_seq_length, tokenizer.max_length or config.max_seq_length)
-        self._instruction_tokens: dict[str, TextTokens] = {}  # see check_instructions
-        self._instruction_lock = threading.Lock()
+        self.prompts = PromptTokenizer(self.tokenizer, config.slots) if config.slotted else None
+        self._word_tokens: dict[str, TextTokens] = {}  # see _tokens
+        self._word_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -346,6 +372,18 @@ class Extractor:
     def _templates(self, text: str, language: str | None):
         return templates(language or detect_language(text), self.config.instructions)
 
+    # ------------------------------------------------------------------ asks
+    def _instruction_ask(self, instruction: str) -> Ask:
+        return Ask(ENTITY, instruction) if self.prompts else Ask(INSTRUCTION, instruction)
+
+    def _entity_ask(self, tmpl, entity_type: str) -> Ask:
+        return Ask(ENTITY, entity_type) if self.prompts else Ask(INSTRUCTION, tmpl.for_entity(entity_type))
+
+    def _relation_ask(self, tmpl, subject: str, predicate: str) -> Ask:
+        if self.prompts:
+            return Ask(RELATION, predicate, subject_cue(subject, tmpl.language))
+        return Ask(INSTRUCTION, tmpl.for_relation(subject, predicate))
+
     # ------------------------------------------------------------------ the one batched entry point
     def run(self, requests: Sequence[ExtractRequest | dict], *, limits: RequestLimits | None = None,
             cancel: threading.Event | None = None, return_errors: bool = False,
@@ -353,10 +391,11 @@ class Extractor:
         """One result per request, in order: :class:`SpansResult` for an instruction,
         :class:`EntitiesResult` for entity types, :class:`SchemaResult` for a schema.
 
-        Every request is validated (and checked against ``limits``) before any work starts. The passes
-        of all requests — instruction and entity-type passes first, then the relation passes of the
-        subjects they found — are deduplicated, packed across documents into model calls, and decoded
-        per request. ``return_errors``: a request that fails gets its :class:`HugieError` in its place
+        Every request is validated (and checked against ``limits``) before any work starts. The asks
+        of all requests — instructions and entity types first, then the relations of the subjects they
+        found — are deduplicated, grouped into passes (a slot model asks all entity types of a text in one
+        pass, all predicates of one subject in another), packed across documents into model calls, and
+        decoded per request. ``return_errors``: a request that fails gets its :class:`HugieError` in its place
         instead of failing the others. ``cancel``: set it to stop the work between model calls (E117).
         ``stats["passes"]``: the passes that ran.
         """
@@ -371,12 +410,13 @@ class Extractor:
                     raise
                 plans.append(exc)
         live = [p for p in plans if isinstance(p, _RequestPlan)]
-        entity_passes = _Passes()
+        entity_passes = _Asks()
         for plan in live:
             plan.ask_entities(entity_passes)
         span_cap = limits.max_spans if limits is not None else None
-        found = self._run(entity_passes, cancel, span_cap)
-        relation_passes = _Passes()
+        passes: list[int] = []
+        found = self._run(entity_passes, cancel, span_cap, passes)
+        relation_passes = _Asks()
         for plan in live:
             try:
                 plan.take_entities(found, span_cap)
@@ -385,7 +425,7 @@ class Extractor:
                 if not return_errors:
                     raise
                 plan.error = exc
-        found = self._run(relation_passes, cancel, span_cap)
+        found = self._run(relation_passes, cancel, span_cap, passes)
         results: list = []
         for plan in plans:
             try:
@@ -402,50 +442,93 @@ class Extractor:
                     raise
                 results.append(exc)
         if stats is not None:
-            stats["passes"] = len(entity_passes.pairs) + len(relation_passes.pairs)
+            stats["passes"] = sum(passes)
         return results
 
-    def check_instructions(self, instructions: Sequence[str]) -> dict[str, TextTokens]:
-        """The tokens of each distinct instruction; E007 unless every one leaves room for at least 8 text tokens.
-        Cached: the same entity types and instructions come back request after request, and a request's are
-        checked before it queues, before its work, and read again when its passes are built."""
-        with self._instruction_lock:
-            known = {i: self._instruction_tokens.get(i) for i in dict.fromkeys(instructions)}
+    def _tokens(self, strings: Sequence[str]) -> dict[str, TextTokens]:
+        """Tokens of prompt words (instructions, entity types, predicates, subject cues), cached: the same ones come
+        back request after request, and a request's are read before it queues, before its work and in its passes."""
+        with self._word_lock:
+            known = {i: self._word_tokens.get(i) for i in dict.fromkeys(strings)}
         new = [i for i, tokens in known.items() if tokens is None]
         if new:
             known.update(zip(new, self.tokenizer.tokenize(new)))
-            with self._instruction_lock:
-                if len(self._instruction_tokens) + len(new) > INSTRUCTION_CACHE:
-                    self._instruction_tokens.clear()
-                self._instruction_tokens.update((i, known[i]) for i in new)
-        max_length = self.tokenizer.max_length
-        for tokens in known.values():
-            if max_length - len(tokens) - 3 < 8:
-                raise HugieError("E007", length=len(tokens), limit=max_length - 11, max_length=max_length)
+            with self._word_lock:
+                if len(self._word_tokens) + len(new) > INSTRUCTION_CACHE:
+                    self._word_tokens.clear()
+                self._word_tokens.update((i, known[i]) for i in new)
         return known
 
-    def passes(self, request: ExtractRequest | dict) -> int:
-        """Encoder passes a request asks for before any relation pass (what a cost check can count
-        up front: 1 for an instruction, one per entity type, one per entity and subject type)."""
-        return first_passes(as_request(request))
+    def _ask_length(self, ask: Ask, tokens: dict[str, TextTokens]) -> int:
+        """Prompt tokens of a pass holding ``ask`` alone."""
+        if ask.kind == INSTRUCTION:
+            return len(tokens[ask.words])
+        return (len(tokens[ask.prefix]) if ask.prefix else 0) + 1 + len(tokens[ask.words])
 
-    def instructions(self, request: ExtractRequest | dict) -> list[str]:
-        """The instructions of a request's first passes (its instruction, or one per entity and subject type)."""
-        return list(_RequestPlan(as_request(request), self).entity_instructions().values())
+    def _check_asks(self, asks: Sequence[Ask]) -> dict[str, TextTokens]:
+        """E007 unless every ask, alone in its pass, leaves room for at least 8 text tokens; the tokens of its words."""
+        tokens = self._tokens([w for a in asks for w in (a.words, a.prefix) if w])
+        max_length = self.tokenizer.max_length
+        for ask in asks:
+            length = self._ask_length(ask, tokens)
+            if max_length - length - 3 < 8:
+                raise HugieError("E007", length=length, limit=max_length - 11, max_length=max_length)
+        return tokens
+
+    def passes(self, request: ExtractRequest | dict) -> int:
+        """Encoder passes a request asks for before any relation pass (what a cost check can count up front):
+        1 for an instruction; for entity types (a schema's subject types included) one per type, or for a slot
+        model one per group of types that fits a prompt. E007 when one is too long to leave room for the text."""
+        plan = _RequestPlan(as_request(request), self)
+        asks = list(plan.entity_asks().values())
+        self._check_asks(asks)
+        if not self.prompts:
+            return first_passes(plan.request)
+        return self._count_rows(asks, plan.request.text)
+
+    def relation_passes(self, relations: int) -> int:
+        """Passes that asking ``relations`` predicates of one subject costs: one each, or for a slot model one per
+        ``max_slots`` of them (more where long predicates fill a prompt first)."""
+        if not self.prompts:
+            return relations
+        return -(-relations // self.prompts.max_slots)
 
     # ------------------------------------------------------------------ model calls
-    def _units(self, pairs: Sequence[tuple[str, str]]) -> list[_Unit]:
-        instr_cache = self.check_instructions([p[0] for p in pairs])
-        uniq_text = list(dict.fromkeys(p[1] for p in pairs))
+    def _rows(self, asks: Sequence[Ask], texts: Sequence[str]) -> list[_Row]:
+        """Passes for the asks ``asks[i]`` over ``texts[i]``: one per instruction; a slot model's asks of one text
+        (and one subject) share passes of up to ``max_slots`` slots and ``max_prompt_tokens`` prompt tokens."""
+        tokens = self._check_asks(asks)
+        groups: dict[tuple, dict[str, list[int]]] = {}
+        for index, (ask, text) in enumerate(zip(asks, texts)):
+            key = (text, ask.kind, ask.prefix) if self.prompts else (text, ask.kind, ask.words)
+            groups.setdefault(key, {}).setdefault(ask.words, []).append(index)
+        rows = []
+        for (text, kind, prefix), by_words in groups.items():
+            if not self.prompts:
+                for words, indices in by_words.items():
+                    rows.append(_Row(text, tokens[words], None, [indices]))
+                continue
+            words = list(by_words)
+            prefix_length = len(tokens[prefix]) if prefix else 0
+            for part in self.prompts.pack(prefix_length, [1 + len(tokens[w]) for w in words]):
+                slots = tuple(words[i] for i in part)
+                prompt, markers = self.prompts.encode(Prompt(kind, slots, prefix), tokens)
+                rows.append(_Row(text, prompt, markers, [by_words[w] for w in slots]))
+        return rows
+
+    def _count_rows(self, asks: Sequence[Ask], text: str) -> int:
+        return len(self._rows(asks, [text] * len(asks))) if asks else 0
+
+    def _units(self, rows: Sequence[_Row]) -> list[_Unit]:
+        uniq_text = list(dict.fromkeys(r.text for r in rows))
         text_cache = dict(zip(uniq_text, self.tokenizer.tokenize(uniq_text)))
         units = []
         max_length = self.tokenizer.max_length
-        for index, (instruction, text) in enumerate(pairs):
-            ins = instr_cache[instruction]
-            budget = max_length - len(ins) - 3
-            tokens = text_cache[text]
-            for lo, hi in plan_windows(text, tokens, budget):
-                units.append(_Unit(index, ins, tokens.slice(lo, hi)))
+        for row in rows:
+            budget = max_length - len(row.prompt) - 3
+            tokens = text_cache[row.text]
+            for lo, hi in plan_windows(row.text, tokens, budget):
+                units.append(_Unit(row, tokens.slice(lo, hi)))
         return units
 
     def _batches(self, units: list[_Unit]) -> list[list[int]]:
@@ -454,57 +537,82 @@ class Extractor:
         order = sorted(range(len(units)), key=lambda i: -lengths[i])
         return pack_by_length(order, lengths, self.batch_size, self.batch_tokens, min_fill=MIN_FILL)
 
-    def _run(self, passes: _Passes, cancel: threading.Event | None = None,
-             span_cap: int | None = None) -> list[list[tuple[int, int, float]] | None]:
-        """Each pass's spans ``(start, end, probability)`` at its threshold, best first; stops between model calls
-        once ``cancel`` is set (E117). A pass that finds more than ``span_cap`` spans keeps only its best ones when
-        every asker reads at most that many (top_k), and else stops collecting: None (E114 for its askers)."""
-        pairs, thresholds = passes.pairs, passes.thresholds
-        prunable = [span_cap is not None and need is not None and need <= span_cap for need in passes.needs]
-        found: list[dict[tuple[int, int], float]] = [dict() for _ in pairs]
-        if not pairs:
+    def _run(self, asks: _Asks, cancel: threading.Event | None = None, span_cap: int | None = None,
+             passes: list[int] | None = None) -> list[list[tuple[int, int, float]] | None]:
+        """Each ask's spans ``(start, end, probability)`` at its threshold, best first; stops between model calls
+        once ``cancel`` is set (E117). An ask that finds more than ``span_cap`` spans keeps only its best ones when
+        every asker reads at most that many (top_k), and else stops collecting: None (E114 for its askers).
+        ``passes``: gets the number of passes run appended."""
+        thresholds = np.asarray(asks.thresholds, dtype=np.float64)
+        prunable = [span_cap is not None and need is not None and need <= span_cap for need in asks.needs]
+        found: list[dict[tuple[int, int], float] | None] = [dict() for _ in asks.asks]
+        if not asks.asks:
             return []
-        units = self._units(pairs)
+        rows = self._rows(asks.asks, asks.texts)
+        if passes is not None:
+            passes.append(len(rows))
+        units = self._units(rows)
         width = self.config.max_span_width
-        lowest = min(thresholds)
+        lowest = float(thresholds.min())
         thr_logit = logit(lowest) if lowest > 0 else -1e4
         for batch_ids in self._batches(units):
             if cancel is not None and cancel.is_set():
                 raise HugieError("E117")
-            batch_ids = [i for i in batch_ids if found[units[i].pass_index] is not None]  # overflowed: no more work
-            if not batch_ids:
+            alive_units = [i for i in batch_ids  # an ask that overflowed needs no more work
+                           if any(found[a] is not None for slot in units[i].row.slot_asks for a in slot)]
+            if not alive_units:
                 continue
-            batch = self.tokenizer.build_batch([(units[i].instruction, units[i].text) for i in batch_ids])
-            rows, logits = self.backend.score(batch, thr_logit, width)
-            if len(rows) == 0:
+            batch_units = [units[i] for i in alive_units]
+            markers = [u.row.markers for u in batch_units] if self.prompts else None
+            batch = self.tokenizer.build_batch([(u.row.prompt, u.text) for u in batch_units], markers=markers)
+            spans, logits = self.backend.score(batch, thr_logit, width)
+            if len(spans) == 0:
                 continue
+            b_idx, ask_of, spans, logits = self._spans_per_ask(batch_units, spans, logits)
             probs = sigmoid(logits)
-            starts = batch.char_starts[rows[:, 0], rows[:, 1]]
-            ends = batch.char_ends[rows[:, 0], rows[:, 2]]
-            pass_of_row = np.array([units[i].pass_index for i in batch_ids])[rows[:, 0]]
-            keep = (starts >= 0) & (ends > starts) & (probs >= np.asarray(thresholds)[pass_of_row])
-            if span_cap is not None:  # one window's spans are distinct: more than the cap overflows its pass
-                per_window = np.bincount(rows[keep, 0], minlength=len(batch_ids))
-                for b in np.flatnonzero(per_window > span_cap):
-                    if not prunable[units[batch_ids[b]].pass_index]:
-                        found[units[batch_ids[b]].pass_index] = None
-                alive = np.array([spans is not None for spans in found], dtype=bool)
-                keep &= alive[pass_of_row]
-            for index, s, e, p in zip(pass_of_row[keep], starts[keep], ends[keep], probs[keep]):
-                spans = found[index]
+            starts = batch.char_starts[spans[:, 0], spans[:, 2]]
+            ends = batch.char_ends[spans[:, 0], spans[:, 3]]
+            keep = (starts >= 0) & (ends > starts) & (probs >= thresholds[ask_of])
+            if span_cap is not None:  # one window's spans are distinct: more than the cap overflows its ask
+                pairs, counts = np.unique(np.stack([b_idx[keep], ask_of[keep]], axis=1), axis=0, return_counts=True)
+                for _, a in pairs[counts > span_cap]:
+                    if not prunable[a]:
+                        found[a] = None
+                alive = np.array([f is not None for f in found], dtype=bool)
+                keep &= alive[ask_of]
+            for index, s, e, p in zip(ask_of[keep], starts[keep], ends[keep], probs[keep]):
+                spans_of = found[index]
                 key = (int(s), int(e))
-                if spans is None or p <= spans.get(key, -1.0):
+                if spans_of is None or p <= spans_of.get(key, -1.0):
                     continue
-                if span_cap is not None and key not in spans and len(spans) >= span_cap:
+                if span_cap is not None and key not in spans_of and len(spans_of) >= span_cap:
                     if not prunable[index]:
                         found[index] = None  # overflowed: the requests asking it get E114
                         continue
-                    if len(spans) >= 2 * span_cap:  # its askers read at most span_cap: keep the best
-                        found[index] = spans = dict(sorted(spans.items(), key=lambda kv: -kv[1])[:span_cap])
-                spans[key] = float(p)
-        return [None if spans is None else
-                [(s, e, min(1.0, p)) for (s, e), p in sorted(spans.items(), key=lambda kv: (-kv[1], kv[0]))]
-                for spans in found]
+                    if len(spans_of) >= 2 * span_cap:  # its askers read at most span_cap: keep the best
+                        found[index] = spans_of = dict(sorted(spans_of.items(), key=lambda kv: -kv[1])[:span_cap])
+                spans_of[key] = float(p)
+        return [None if f is None else
+                [(s, e, min(1.0, p)) for (s, e), p in sorted(f.items(), key=lambda kv: (-kv[1], kv[0]))]
+                for f in found]
+
+    @staticmethod
+    def _spans_per_ask(units: Sequence[_Unit], spans: np.ndarray, logits: np.ndarray):
+        """Span rows (batch, slot, start, end) repeated once per ask their slot answers: (batch index, ask index,
+        spans, logits), each of the same length."""
+        slots = max(len(u.row.slot_asks) for u in units)
+        counts = np.zeros((len(units), slots), dtype=np.int64)
+        offsets = np.zeros((len(units), slots), dtype=np.int64)
+        flat: list[int] = []
+        for b, unit in enumerate(units):
+            for k, owners in enumerate(unit.row.slot_asks):
+                offsets[b, k], counts[b, k] = len(flat), len(owners)
+                flat.extend(owners)
+        per_row = counts[spans[:, 0], spans[:, 1]]
+        repeat = np.repeat(np.arange(len(spans)), per_row)
+        within = np.arange(len(repeat)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        ask_of = np.asarray(flat, dtype=np.int64)[offsets[spans[repeat, 0], spans[repeat, 1]] + within]
+        return spans[repeat, 0], ask_of, spans[repeat], logits[repeat]
 
     # ------------------------------------------------------------------ wrappers
     def extract(self, instruction, text: str | None = None, *, threshold: float | None = None,
@@ -556,5 +664,6 @@ class Extractor:
         return {"hugie": __version__, "model": self.model_path, "max_span_width": self.config.max_span_width,
                 "threshold": self.config.threshold, "relation_threshold": self.relation_threshold(),
                 "one_type_per_span": self.one_type_per_span(), "flat_ner": self.flat_ner(),
-                "max_length": self.config.max_seq_length,
+                "max_length": self.config.max_seq_length, "architecture": self.config.architecture,
+                "max_slots": self.prompts.max_slots if self.prompts else 1,
                 "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}

@@ -5,6 +5,12 @@ encoder (BERT family) → dense to 2·D → q, k (RoPE) and start/end bias → s
 Pointer, one span head: the instruction says which spans are wanted). Logits are masked to the
 text segment, the upper triangle and a maximum span width W; the loss is multilabel categorical
 cross-entropy. Saved and loaded in HF format (``config.json`` + ``model.safetensors``).
+
+``architecture="slots"``: a row carries K prompts before the text, each behind a marker token
+(``[E] 人名 [E] 公司 … </s> TEXT``), and the head reads slot k's query from its marker's output u_k:
+a gate on q shared by each RoPE pair, ``q_k = q ⊙ (1 + G u_k)``, and low-rank start/end biases
+``start_bias_k[i] = start_bias[i] + <S u_k, T p_i>`` (G, S zero-initialised, so a fresh slot head
+starts as the one-slot head). Span logits are [B, K, L, L]; a whole schema is one encoder pass.
 """
 
 from __future__ import annotations
@@ -41,9 +47,13 @@ class GlobalPointerConfig(PretrainedConfig):
         one_type_per_span: bool = _Settings.one_type_per_span,
         flat_ner: bool = _Settings.flat_ner,
         instructions: dict | None = None,
+        architecture: str = _Settings.architecture,
+        slots: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.architecture = architecture
+        self.slots = _Settings(architecture=architecture, slots=slots).slots
         self.encoder = encoder or {}
         self.head_size = head_size
         self.max_span_width = max_span_width
@@ -53,6 +63,10 @@ class GlobalPointerConfig(PretrainedConfig):
         self.flat_ner = flat_ner  # entity passes: no two spans overlap (across types, best score first)
         self.max_seq_length = max_seq_length
         self.instructions = instructions or default_templates_dict()
+
+    @property
+    def slotted(self) -> bool:
+        return self.architecture == "slots"
 
     def encoder_config(self) -> PretrainedConfig:
         cfg = dict(self.encoder)
@@ -112,12 +126,48 @@ class GlobalPointerModel(PreTrainedModel):
         hidden = self.encoder.config.hidden_size
         self.projection = nn.Linear(hidden, 2 * config.head_size)
         self.bias_head = nn.Linear(2 * config.head_size, 2)
+        if config.slotted:
+            rank = int(config.slots["rank"])
+            self.slot_gate = nn.Linear(hidden, config.head_size // 2)  # one gate per RoPE pair
+            self.slot_query = nn.Linear(hidden, 2 * rank)  # start, end
+            self.token_key = nn.Linear(2 * config.head_size, 2 * rank)
         self.post_init()
 
+
     def _init_weights(self, module):
-        if module is self.projection or module is self.bias_head:
+        if module is self.projection or module is self.bias_head or module is getattr(self, "token_key", None):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
+        elif module is getattr(self, "slot_gate", None) or module is getattr(self, "slot_query", None):
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def add_slots(self, marker_ids: dict[str, int], init_id: int, **slots) -> None:
+        """Turn a one-slot model into a slot model whose slot head starts as its head: new marker embeddings
+        (rows ``marker_ids``, appended to the vocabulary) start as token ``init_id``'s (e.g. ``【``), the gate
+        at 1 and the slot biases at 0."""
+        config = self.config
+        if config.slotted:
+            raise ValueError("the model already has slots")
+        embeddings = self.encoder.get_input_embeddings()
+        size = max(marker_ids.values()) + 1
+        if size > embeddings.num_embeddings:
+            self.encoder.resize_token_embeddings(size)
+            embeddings = self.encoder.get_input_embeddings()
+            config.encoder["vocab_size"] = size
+        config.architecture = "slots"
+        config.slots = {**_Settings(architecture="slots", slots=slots).slots}
+        hidden = self.encoder.config.hidden_size
+        rank = int(config.slots["rank"])
+        self.slot_gate = nn.Linear(hidden, config.head_size // 2)
+        self.slot_query = nn.Linear(hidden, 2 * rank)
+        self.token_key = nn.Linear(2 * config.head_size, 2 * rank)
+        for module in (self.slot_gate, self.slot_query, self.token_key):
+            self._init_weights(module)
+        with torch.no_grad():
+            start = embeddings.weight[init_id].clone()
+            for index in marker_ids.values():
+                embeddings.weight[index] = start
 
     @classmethod
     def from_encoder(cls, encoder: nn.Module, **head_kwargs) -> GlobalPointerModel:
@@ -130,31 +180,68 @@ class GlobalPointerModel(PreTrainedModel):
         model._init_weights(model.bias_head)
         return model
 
-    def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """q, k (before RoPE) [B, L, D] and start/end bias [B, L] — what every backend computes."""
+    def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None):
+        """What every backend computes: q, k (before RoPE) [B, L, D] and start/end bias [B, L]; for a slot model
+        (``slot_positions`` [B, K]: each slot's marker position; ``slot_mask`` [B, K]: 0 for padding slots)
+        q [B, K, L, D] and biases [B, K, L] per slot, padding slots' start bias at MASK_VALUE."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         p = self.projection(hidden)
         d = self.config.head_size
         q, k = p[..., :d], p[..., d:]
         bias = self.bias_head(p) / 2
-        return q, k, bias[..., 0], bias[..., 1]
+        start_bias, end_bias = bias[..., 0], bias[..., 1]
+        if not self.config.slotted:
+            return q, k, start_bias, end_bias
+        # plain MatMuls and slices (no gather with expanded indices, no unflatten): the exported graph keeps static
+        # ranks, so onnxruntime's shape inference and attention fusion still apply to the encoder
+        length = hidden.shape[1]
+        picks = (slot_positions[:, :, None] == torch.arange(length, device=hidden.device)).to(hidden.dtype)
+        marker = picks @ hidden  # [B, K, H]: each slot's marker state
+        # one gate per RoPE pair (so RoPE and the gate commute), spread to the pair's two dimensions
+        half = self.config.head_size // 2
+        spread = (torch.arange(2 * half, device=marker.device)[None, :] // 2
+                  == torch.arange(half, device=marker.device)[:, None]).to(marker.dtype)  # [D/2, D]: m -> 2m, 2m + 1
+        gate = 1.0 + self.slot_gate(marker) @ spread  # [B, K, D]
+        q = q[:, None, :, :] * gate[:, :, None, :]  # [B, K, L, D]
+        rank = self.slot_query.out_features // 2
+        slot_q, token_k = self.slot_query(marker), self.token_key(p)  # [B, K, 2r], [B, L, 2r]
+        scale = 1.0 / math.sqrt(rank)
+        start_bias = start_bias[:, None, :] + (slot_q[..., :rank] @ token_k[..., :rank].transpose(1, 2)) * scale
+        end_bias = end_bias[:, None, :] + (slot_q[..., rank:] @ token_k[..., rank:].transpose(1, 2)) * scale
+        start_bias = start_bias.masked_fill((slot_mask == 0)[:, :, None], MASK_VALUE)
+        return q, k, start_bias, end_bias
 
     def span_logits(self, q, k, start_bias, end_bias, span_mask: torch.Tensor) -> torch.Tensor:
-        """Dense [B, L, L] logits with invalid spans set to MASK_VALUE (training path)."""
+        """Dense logits with invalid spans set to MASK_VALUE (training path): [B, L, L], or [B, K, L, L]
+        for a slot model's q [B, K, L, D]."""
+        valid = span_validity(span_mask, self.config.max_span_width)
         qr, kr = rope(q), rope(k)
+        if q.dim() == 4:
+            logits = torch.einsum("bkid,bjd->bkij", qr, kr) / math.sqrt(q.shape[-1])
+            logits = logits + start_bias[..., :, None] + end_bias[..., None, :]
+            return logits.masked_fill(~valid[:, None], MASK_VALUE)
         logits = torch.einsum("bid,bjd->bij", qr, kr) / math.sqrt(q.shape[-1])
         logits = logits + start_bias[:, :, None] + end_bias[:, None, :]
-        valid = span_validity(span_mask, self.config.max_span_width)
         return logits.masked_fill(~valid, MASK_VALUE)
 
-    def forward(self, input_ids, attention_mask, span_mask, labels: torch.Tensor | None = None):
-        """Returns ``{"logits": [B, L, L], "loss": scalar when labels ([B, L, L] 0/1) are given}``."""
-        q, k, sb, eb = self.project(input_ids, attention_mask)
-        logits = self.span_logits(q, k, sb, eb, span_mask)
+    def forward(self, input_ids, attention_mask, span_mask, labels: torch.Tensor | None = None,
+                slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None):
+        """Returns ``{"logits": [B, L, L] (slot model: [B, K, L, L]), "loss": scalar when labels (0/1, the
+        logits' shape) are given}``; a slot model's loss is the mean over its real slots."""
+        q, k, sb, eb = self.project(input_ids, attention_mask, slot_positions, slot_mask)
+        with torch.autocast(q.device.type, enabled=False):  # span logits in fp32 under a bf16 autocast encoder
+            logits = self.span_logits(q.float(), k.float(), sb.float(), eb.float(), span_mask)
         out = {"logits": logits}
         if labels is not None:
-            b = logits.shape[0]
-            out["loss"] = multilabel_categorical_crossentropy(logits.reshape(b, -1), labels.reshape(b, -1))
+            if logits.dim() == 4:
+                real = slot_mask.reshape(-1).bool()
+                flat = logits.shape[-1] ** 2
+                out["loss"] = multilabel_categorical_crossentropy(logits.reshape(-1, flat)[real],
+                                                                  labels.reshape(-1, flat)[real])
+            else:
+                b = logits.shape[0]
+                out["loss"] = multilabel_categorical_crossentropy(logits.reshape(b, -1), labels.reshape(b, -1))
         return out
 
 

@@ -126,7 +126,7 @@ class TextTokens:
 class PairBatch:
     """A padded batch of ``[CLS] instruction [SEP] text [SEP]`` encodings.
 
-    ``text_offset[b]`` is the position of the first text token; ``span_mask`` marks text tokens
+    ``span_mask`` marks text tokens
     that may start or end a span; ``char_starts``/``char_ends`` map every position to the
     caller's text (-1 outside the text segment).
     """
@@ -136,6 +136,8 @@ class PairBatch:
     span_mask: np.ndarray
     char_starts: np.ndarray
     char_ends: np.ndarray
+    slot_positions: np.ndarray | None = None  # [B, K] each prompt slot's marker position (slot models)
+    slot_mask: np.ndarray | None = None  # [B, K] 1 for a real slot, 0 for padding
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -194,8 +196,24 @@ class HugieTokenizer:
     def pair_length(self, instruction_tokens: TextTokens, text_tokens: TextTokens) -> int:
         return len(instruction_tokens) + len(text_tokens) + 3
 
-    def build_batch(self, pairs: Sequence[tuple[TextTokens, TextTokens]]) -> PairBatch:
-        """Pad already-tokenized (instruction, text) pairs into one batch."""
+    def with_markers(self, markers: Sequence[str]) -> HugieTokenizer:
+        """A copy whose vocabulary ends with ``markers`` (e.g. ``[E]``, ``[R]``) where it lacks them. They are
+        unigram pieces no text can produce (their brackets are always split off as pre-tokens), so only
+        :meth:`marker_id` puts them in a row."""
+        data = json.loads(self.tokenizer.to_str())
+        vocab = data["model"]["vocab"]
+        known = {piece for piece, _ in vocab}
+        vocab += [[m, -100.0] for m in markers if m not in known]
+        return HugieTokenizer(Tokenizer.from_str(json.dumps(data, ensure_ascii=False)), max_length=self.max_length)
+
+    def marker_id(self, marker: str) -> int:
+        """The id of a slot marker piece (E010 when the vocabulary lacks it)."""
+        return self._special(marker)
+
+    def build_batch(self, pairs: Sequence[tuple[TextTokens, TextTokens]],
+                    markers: Sequence[Sequence[int]] | None = None) -> PairBatch:
+        """Pad already-tokenized (instruction, text) pairs into one batch; ``markers``: each prompt's slot marker
+        indices within its prompt tokens (slot models), padded into ``slot_positions`` / ``slot_mask``."""
         lengths = [self.pair_length(a, b) for a, b in pairs]
         too_long = [n for n in lengths if n > self.max_length]
         if too_long:
@@ -216,7 +234,15 @@ class HugieTokenizer:
                 span[b, off : off + len(txt)] = txt.endpoint_mask()
                 cs[b, off : off + len(txt)] = txt.starts
                 ce[b, off : off + len(txt)] = txt.ends
-        return PairBatch(ids, attn, span, cs, ce)
+        if markers is None:
+            return PairBatch(ids, attn, span, cs, ce)
+        slots = max((len(m) for m in markers), default=0)
+        positions = np.zeros((n, slots), dtype=np.int64)
+        slot_mask = np.zeros((n, slots), dtype=np.int64)
+        for b, row in enumerate(markers):
+            positions[b, : len(row)] = [1 + m for m in row]  # after <s>
+            slot_mask[b, : len(row)] = 1
+        return PairBatch(ids, attn, span, cs, ce, positions, slot_mask)
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairBatch:
         """Tokenize and pad (instruction, text) pairs."""

@@ -116,3 +116,34 @@ def trained_model_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(directory)
     tiny_tokenizer.save(directory)
     return directory
+
+
+def tiny_slot_model(tokenizer: HugieTokenizer, seed: int = 0, spread: float = 0.0, **slots):
+    """A tiny slot model and its tokenizer (``tokenizer`` plus the [E] / [R] markers); ``spread`` > 0 gives its
+    slot head random weights, so slots of one row score differently before any training."""
+    import torch
+
+    from hugie.configuration import SLOT_DEFAULTS
+
+    settings = {**SLOT_DEFAULTS, "rank": 4, **slots}
+    marked = tokenizer.with_markers(list(settings["markers"].values()))
+    model = tiny_model(marked, seed=seed)
+    ids = {kind: marked.marker_id(m) for kind, m in settings["markers"].items()}
+    model.add_slots(ids, init_id=marked.tokenize(["【"])[0].ids[-1], **settings)
+    if spread:
+        with torch.no_grad():
+            for module in (model.slot_gate, model.slot_query):
+                module.weight.normal_(0.0, spread)
+    return model.eval(), marked
+
+
+@pytest.fixture(scope="session")
+def trained_slot_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny slot model trained on the synthetic task."""
+    from tests.helpers import train_tiny_slots
+
+    directory = tmp_path_factory.mktemp("tiny_slots")
+    model, tokenizer = train_tiny_slots(tiny_tokenizer, steps=400)
+    model.save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory

@@ -81,9 +81,39 @@ class FakeBackend:
                     if acc == target and pieces[s]:
                         i, j = text_pos[s], text_pos[e]
                         if logit(prob) > threshold and j - i < max_width:
-                            rows.append((b, i, j))
+                            rows.append((b, 0, i, j))
                             logits.append(logit(prob))
-        return np.array(rows, dtype=np.int64).reshape(-1, 3), np.array(logits, dtype=np.float32)
+        return np.array(rows, dtype=np.int64).reshape(-1, 4), np.array(logits, dtype=np.float32)
 
     def describe(self):
         return {"backend": "fake"}
+
+
+def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-3):
+    """A tiny slot model (and its tokenizer with markers) trained on the synthetic task."""
+    from hugie.training.examples import SlotRecipe, build_slot_examples
+    from hugie.training.trainer import collate_slots, encode_slot_examples
+
+    from hugie.prompts import PromptTokenizer
+    from tests.conftest import tiny_slot_model
+
+    torch.manual_seed(seed)
+    model, marked = tiny_slot_model(tokenizer, seed=seed)
+    prompts = PromptTokenizer(marked, model.config.slots)
+    specs = synthetic_specs()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    step, epoch = 0, 0
+    while step < steps:
+        examples = build_slot_examples(specs, seed, epoch, SlotRecipe(drop=0.3, instruction=0.2))
+        items, _ = encode_slot_examples(examples, prompts, 128, model.config.max_span_width)
+        for batch_ids in make_batches(items, 16, 4096, seed, epoch):
+            out = model(**collate_slots([items[i] for i in batch_ids], marked))
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+            step += 1
+            if step >= steps:
+                break
+        epoch += 1
+    return model.eval(), marked

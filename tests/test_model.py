@@ -29,11 +29,11 @@ def test_banded_scoring_equals_dense_reference(shape, width):
     for thr in (-1e9, 0.0, 1.0, 1e9):
         s1, v1 = span_scores_reference(q, k, sb, eb, mask, thr, width)
         s2, v2 = span_scores_banded(q, k, sb, eb, mask, thr, width)
-        order = np.lexsort((s2[:, 2], s2[:, 1], s2[:, 0]))
+        order = np.lexsort((s2[:, 3], s2[:, 2], s2[:, 1], s2[:, 0]))
         assert np.array_equal(s1, s2[order])
         assert np.allclose(v1, v2[order], atol=1e-4)
         if thr == -1e9:
-            assert all(mask[x, i] and mask[x, j] and 0 <= j - i < width for x, i, j in s1)
+            assert all(mask[x, i] and mask[x, j] and 0 <= j - i < width and slot == 0 for x, slot, i, j in s1)
 
 
 def test_model_logits_match_shared_scoring(random_model, tiny_tokenizer):
@@ -44,7 +44,7 @@ def test_model_logits_match_shared_scoring(random_model, tiny_tokenizer):
         logits = random_model(ids, attn, mask)["logits"]
     spans, scores = span_scores_reference(q.numpy(), k.numpy(), sb.numpy(), eb.numpy(), batch.span_mask, -1e3,
                                           random_model.config.max_span_width)
-    assert np.allclose(logits[spans[:, 0], spans[:, 1], spans[:, 2]].numpy(), scores, atol=1e-4)
+    assert np.allclose(logits[spans[:, 0], spans[:, 2], spans[:, 3]].numpy(), scores, atol=1e-4)
     # everything else is masked: outside the text segment, below the diagonal, wider than W
     n_valid = int((logits > MASK_VALUE / 2).sum())
     assert n_valid == len(spans)

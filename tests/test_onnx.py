@@ -236,7 +236,7 @@ def test_a_narrower_max_width_filters_and_a_wider_one_is_refused(exported, tiny_
     width = ex.backend.max_width
     rows, logits = ex.backend.score(batch, logit(0.01), width)
     narrow, narrow_logits = ex.backend.score(batch, logit(0.01), 2)
-    keep = rows[:, 2] - rows[:, 1] < 2
+    keep = rows[:, 3] - rows[:, 2] < 2
     assert 0 < len(narrow) < len(rows)
     np.testing.assert_array_equal(narrow, rows[keep])
     np.testing.assert_array_equal(narrow_logits, logits[keep])

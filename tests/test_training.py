@@ -203,3 +203,48 @@ def test_committed_training_configs_parse_and_their_label_maps_load(config):
         path = (Path(cfg.root) / label_map).resolve() if label_map else None
         if path is not None and path.is_relative_to(repo):  # ../shared data is not needed by tests
             assert load_label_map(path), path
+
+
+def test_slot_training_turns_a_one_slot_model_into_a_slot_model_and_resumes(tmp_path, trained_model_dir):
+    """architecture: slots adds the markers and the slot head to a one-slot starting model; only the marker rows of
+    the frozen embeddings move; a resumed run ends where a straight one does; the saved model loads with slots."""
+    import torch
+
+    from hugie.extractor import Extractor
+    from hugie.modeling import GlobalPointerModel
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_records(40)), encoding="utf-8")
+    cfg = {"init_from": str(trained_model_dir), "architecture": "slots", "slots": {"rank": 4, "max_slots": 4},
+           "slot_recipe": {"drop": 0.3, "instruction": 0.2}, "max_length": 64, "max_span_width": 16,
+           "head_size": 16, "batch_size": 8, "batch_tokens": 512, "warmup_steps": 1, "save_every": 1,
+           "eval_every": 1000, "lr": 1e-3, "freeze_embeddings": True,
+           "datasets": [{"name": "syn", "path": str(data), "language": "zh"}]}
+
+    def trainer(out):
+        path = tmp_path / "cfg.yaml"
+        path.write_text(json.dumps(dict(cfg, output_dir=str(out), max_steps=3)), encoding="utf-8")
+        return Trainer(TrainConfig.from_file(path))
+
+    start = GlobalPointerModel.from_pretrained(trained_model_dir).state_dict()["encoder.embeddings.word_embeddings.weight"]
+    t = trainer(tmp_path / "a")
+    assert t.model.config.slotted and t.model.config.slots["max_slots"] == 4
+    markers = sorted(t.prompts.marker_ids.values())
+    assert markers == [start.shape[0], start.shape[0] + 1]
+    final = t.train()
+    embeddings = t.model.encoder.embeddings.word_embeddings.weight.detach()
+    assert torch.equal(embeddings[: start.shape[0]], start)  # frozen rows stay put
+    assert not torch.equal(embeddings[markers[0]], embeddings[markers[1]])  # the markers learned apart
+    straight = {k: v.clone() for k, v in t.model.state_dict().items()}
+
+    t1 = trainer(tmp_path / "b")
+    t1.train(stop_at=1)
+    t2 = trainer(tmp_path / "b")
+    t2.train()
+    assert t2.step == 3
+    for k, v in straight.items():
+        assert torch.allclose(v, t2.model.state_dict()[k], atol=1e-6), k
+
+    ex = Extractor.load(final, backend="torch", device="cpu")
+    assert ex.prompts is not None and ex.tokenizer.vocab_size == markers[-1] + 1
+    assert set(ex.extract_entities("昨天张三在北京开会。", ["人名", "地名"])) == {"人名", "地名"}

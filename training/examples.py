@@ -145,3 +145,130 @@ def specs_from_config(datasets: list[dict], root: Path) -> list[DatasetSpec]:
             item["tasks"] = tuple(item["tasks"])
         specs.append(DatasetSpec(**item))
     return specs
+
+
+# --------------------------------------------------------------------------- slot models
+@dataclass(frozen=True)
+class SlotExample:
+    """One row of a slot model: a prompt (its slots' words, optional subject cue) over a text, gold spans per slot."""
+
+    kind: str  # "entity" or "relation": the marker before each slot
+    prefix: str
+    slots: tuple[str, ...]
+    text: str
+    spans: tuple[tuple[tuple[int, int], ...], ...]  # per slot: gold character spans, end exclusive
+    task: str
+    dataset: str
+
+
+@dataclass
+class SlotRecipe:
+    """How slot examples are drawn. NER: a text with its dataset's types as slots, each dropped with ``drop``
+    (so no slot relies on the others), shuffled, and with probability ``foreign`` a type of another NER dataset
+    of the language that shares no character with this dataset's types (a crude guard against synonyms, which
+    would be false negatives), so slot names are read, not recalled.
+    RE: one subject with its gold predicates and up to ``re_negatives`` other predicates of its subject type.
+    With probability ``instruction`` an example is one slot holding a whole instruction (the HugIE template),
+    so free-form instructions keep working."""
+
+    max_slots: int = 16
+    max_prompt_tokens: int = 128
+    drop: float = 0.2
+    foreign: float = 0.1
+    re_negatives: int = 8
+    instruction: float = 0.1
+
+
+def _foreign_pool(specs: list[DatasetSpec]) -> dict[str, list[tuple[str, set]]]:
+    """Per language: (type, dataset names) of the types of NER datasets (not relation sets: their entities are
+    only relation arguments, so a type such as Date would be a negative wherever a date goes unannotated)."""
+    pool: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for spec in specs:
+        if "ner" in spec.tasks and not any(r.relations for r in spec.records):
+            for r in spec.records:
+                for e in r.entities:
+                    pool[spec.language][e.type].add(spec.name)
+    return {lang: sorted(types.items()) for lang, types in pool.items()}
+
+
+def _unrelated(candidate: str, types: list[str], language: str) -> bool:
+    if language == "zh":
+        return not any(set(candidate) & set(t) for t in types)
+    return not any(candidate[:4].lower() == t[:4].lower() for t in types)
+
+
+def slot_ner_examples(record: Record, tmpl: InstructionTemplates, all_types: list[str], foreign: list[str],
+                      recipe: SlotRecipe, rng: random.Random, dataset: str) -> list[SlotExample]:
+    by_type: dict[str, set] = defaultdict(set)
+    for ent in record.entities:
+        by_type[ent.type].add((ent.start, ent.end))
+    slots = [t for t in all_types if rng.random() >= recipe.drop] or [rng.choice(all_types)]
+    if foreign and rng.random() < recipe.foreign:
+        slots.append(rng.choice(foreign))
+    rng.shuffle(slots)
+    slots = slots[: recipe.max_slots]
+    if rng.random() < recipe.instruction:
+        t = rng.choice(slots)
+        return [SlotExample("entity", "", (tmpl.for_entity(t),), record.text, (tuple(sorted(by_type.get(t, ()))),),
+                            "ner", dataset)]
+    spans = tuple(tuple(sorted(by_type.get(t, ()))) for t in slots)
+    return [SlotExample("entity", "", tuple(slots), record.text, spans, "ner", dataset)]
+
+
+def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_type: dict[str, list[str]],
+                     all_predicates: list[str], recipe: SlotRecipe, rng: random.Random,
+                     dataset: str) -> list[SlotExample]:
+    from hugie.prompts import subject_cue
+
+    objects: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    subject_types: dict[tuple, str] = {}
+    for rel in record.relations:
+        key = (rel.subject.start, rel.subject.end, rel.subject.text)
+        subject_types[key] = rel.subject.type
+        objects[key][rel.predicate].add((rel.object.start, rel.object.end))
+    out = []
+    for subject, gold in sorted(objects.items()):
+        pool = [p for p in predicates_by_type.get(subject_types[subject], all_predicates) if p not in gold]
+        negatives = rng.sample(pool, min(len(pool), recipe.re_negatives))
+        slots = [p for p in gold if rng.random() >= recipe.drop / 2] or [rng.choice(sorted(gold))]
+        slots = (slots + negatives)[: recipe.max_slots]
+        rng.shuffle(slots)
+        if rng.random() < recipe.instruction:
+            p = rng.choice(slots)
+            out.append(SlotExample("entity", "", (tmpl.for_relation(subject[2], p),), record.text,
+                                   (tuple(sorted(gold.get(p, ()))),), "re", dataset))
+            continue
+        spans = tuple(tuple(sorted(gold.get(p, ()))) for p in slots)
+        out.append(SlotExample("relation", subject_cue(subject[2], tmpl.language), tuple(slots), record.text,
+                               spans, "re", dataset))
+    return out
+
+
+def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
+                        recipe: SlotRecipe | None = None) -> list[SlotExample]:
+    """All slot examples of one epoch, shuffled (deterministic under ``seed`` and ``epoch``)."""
+    recipe = recipe or SlotRecipe()
+    for spec in specs:
+        if not spec.records:
+            spec.load()
+    pool = _foreign_pool(specs)
+    out: list[SlotExample] = []
+    for spec in specs:
+        tmpl = templates(spec.language)
+        rng = _rng(seed, spec.name, epoch, "slots")
+        all_types = sorted({e.type for r in spec.records for e in r.entities})
+        foreign = [t for t, names in pool.get(spec.language, []) if spec.name not in names
+                   and _unrelated(t, all_types, spec.language)]
+        all_predicates = sorted({rel.predicate for r in spec.records for rel in r.relations})
+        by_type: dict[str, set] = defaultdict(set)
+        for r in spec.records:
+            for rel in r.relations:
+                by_type[rel.subject.type].add(rel.predicate)
+        predicates_by_type = {t: sorted(p) for t, p in by_type.items()}
+        for record in _sample_records(spec.records, spec.weight, rng):
+            if "ner" in spec.tasks and all_types:
+                out += slot_ner_examples(record, tmpl, all_types, foreign, recipe, rng, spec.name)
+            if "re" in spec.tasks and record.relations:
+                out += slot_re_examples(record, tmpl, predicates_by_type, all_predicates, recipe, rng, spec.name)
+    _rng(seed, "shuffle", epoch, "slots").shuffle(out)
+    return out

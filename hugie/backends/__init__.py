@@ -1,7 +1,8 @@
 """Backends compute the Global Pointer projections and score spans; decoding is shared.
 
 Every backend implements :class:`Backend`: given a padded :class:`~hugie.tokenization.PairBatch`
-it returns the spans above a logit threshold as (batch, start, end) token rows and their logits.
+it returns the spans above a logit threshold as (batch, slot, start, end) token rows and their logits
+(slot 0 for a one-slot model; a slot model's batch says where each prompt slot's marker is).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class Backend(Protocol):
     device: str
 
     def score(self, batch: PairBatch, threshold: float, max_width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(int64 [N, 3] rows of (batch, start, end), float32 [N] logits) above ``threshold``."""
+        """(int64 [N, 4] rows of (batch, slot, start, end), float32 [N] logits) above ``threshold``."""
         ...
 
     def describe(self) -> dict:

@@ -162,6 +162,7 @@ class OnnxBackend:
         cuda = self.providers[0] == "CUDAExecutionProvider"
         self.device = ("cuda" if index is None else f"cuda:{index}") if cuda else "cpu"
         self.max_width = int(config.max_span_width)
+        self.slotted = bool(getattr(config, "slotted", False))  # the graph takes slot_positions and slot_mask
         encoder = onnx.load(str(self.path / file))
         self.int8_weight_bits = None
         if self.quantize == "int8":
@@ -204,9 +205,11 @@ class OnnxBackend:
             raise ValueError(f"max_width {max_width} is over the {self.max_width} this session was built for "
                              "(the model's max_span_width)")
         if batch.input_ids.size == 0:
-            return np.zeros((0, 3), np.int64), np.zeros((0,), np.float32)
+            return np.zeros((0, 4), np.int64), np.zeros((0,), np.float32)
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "span_mask": batch.span_mask,
                  "threshold": np.array(threshold, dtype=np.float32)}
+        if self.slotted:
+            feeds.update(slot_positions=batch.slot_positions, slot_mask=batch.slot_mask)
         if self.device != "cpu":
             binding = self.session.io_binding()  # one binding per call: calls may run concurrently
             for name, value in feeds.items():
@@ -220,15 +223,16 @@ class OnnxBackend:
             spans, scores = self.session.run(["spans", "scores"], feeds, self._shrink if big else None)
         keep = scores > threshold  # float32 logits against the exact threshold, as the torch backend compares
         if max_width < self.max_width:
-            keep &= spans[:, 2] - spans[:, 1] < max_width
+            keep &= spans[:, 3] - spans[:, 2] < max_width
         return spans[keep].astype(np.int64), scores[keep].astype(np.float32)
 
     def warmup(self, threshold: float, max_width: int) -> None:
         from ..scoring import logit
 
         ids = np.array([[0, 5, 2, 5, 5, 2]], dtype=np.int64)
+        slots = (np.array([[1]], dtype=np.int64), np.array([[1]], dtype=np.int64)) if self.slotted else ()
         batch = PairBatch(ids, np.ones_like(ids), np.array([[0, 0, 0, 1, 1, 0]], dtype=np.int64),
-                          np.full_like(ids, -1), np.full_like(ids, -1))
+                          np.full_like(ids, -1), np.full_like(ids, -1), *slots)
         self.score(batch, logit(threshold), max_width)
 
     def describe(self) -> dict:

@@ -34,13 +34,16 @@ class TorchBackend:
 
     @torch.inference_mode()
     def project(self, batch: PairBatch):
-        ids = torch.from_numpy(batch.input_ids).to(self.device)
-        attn = torch.from_numpy(batch.attention_mask).to(self.device)
-        return [t.float().cpu().numpy() for t in self.model.project(ids, attn)]
+        """q, k, start and end bias as NumPy arrays (a slot model's per slot: q [B, K, L, D], biases [B, K, L])."""
+        inputs = [batch.input_ids, batch.attention_mask]
+        if self.model.config.slotted:
+            inputs += [batch.slot_positions, batch.slot_mask]
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
+        return [t.float().cpu().numpy() for t in self.model.project(*tensors)]
 
     def score(self, batch: PairBatch, threshold: float, max_width: int):
         if batch.input_ids.size == 0:
-            return np.zeros((0, 3), np.int64), np.zeros((0,), np.float32)
+            return np.zeros((0, 4), np.int64), np.zeros((0,), np.float32)
         q, k, sb, eb = self.project(batch)
         return span_scores_banded(q, k, sb, eb, batch.span_mask, threshold, max_width)
 

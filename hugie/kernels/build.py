@@ -162,15 +162,15 @@ def _check_works(library: Path) -> None:
         opts.register_custom_ops_library(str(library))
         model = span_scorer_model(2, 2, use_custom_op=True)
         session = onnxruntime.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        ones = np.ones((1, 2, 2), np.float32)
-        feeds = {"q": ones, "k": ones, "start_bias": ones[..., 0], "end_bias": ones[..., 0],
+        ones = np.ones((1, 1, 2, 2), np.float32)  # B = K = 1, L = D = 2
+        feeds = {"q": ones, "k": ones[:, 0], "start_bias": ones[..., 0], "end_bias": ones[..., 0],
                  "span_mask": np.ones((1, 2), np.int64), "threshold": np.array(0.0, np.float32)}
         spans, _ = session.run(None, feeds)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _Unavailable(f"{library} does not work with onnxruntime {onnxruntime.__version__} ({first}); "
                            "rebuild it with `hugie kernels build --force`") from exc
-    if spans.shape != (3, 3):  # (0, 0), (0, 1), (1, 1) all score 2 + cos/sin terms > 0
+    if spans.shape != (3, 4):  # (0, 0), (0, 1), (1, 1) of slot 0 all score 2 + cos/sin terms > 0
         raise _Unavailable(f"{library} gave {spans.shape[0]} spans where 3 were expected; "
                            "rebuild it with `hugie kernels build --force`")
 

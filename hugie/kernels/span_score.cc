@@ -1,11 +1,12 @@
 // hugie::SpanScore: fused Global Pointer span scoring as an onnxruntime custom op (lite API).
 //
-// Inputs  q, k [B, L, D] float (before RoPE), start_bias, end_bias [B, L] float, span_mask [B, L] int64,
+// Inputs  q [B, K, L, D] float (before RoPE; one row carries K prompt slots), k [B, L, D] float (before
+//         RoPE; shared by the slots of a row), start_bias, end_bias [B, K, L] float, span_mask [B, L] int64,
 //         threshold float scalar (a logit; an input, so one session serves every threshold).
 // Attrs   max_width (int W).
-// Outputs spans [N, 3] int64 rows (batch, start, end inclusive), scores [N] float logits, for
-//         mask[i] && mask[j] && 0 <= j - i < W && s(i, j) > threshold, ordered by (batch, start, end).
-// s(i, j) = <rope(q)_i, rope(k)_j> / sqrt(D) + start_bias[i] + end_bias[j]  (hugie/scoring.py).
+// Outputs spans [N, 4] int64 rows (batch, slot, start, end inclusive), scores [N] float logits, for
+//         mask[b,i] && mask[b,j] && 0 <= j - i < W && s(i, j) > threshold, ordered by (batch, slot, start, end).
+// s(i, j) = <rope(q[b,s])_i, rope(k[b])_j> / sqrt(D) + start_bias[b,s,i] + end_bias[b,s,j]  (hugie/scoring.py).
 // Only the band j - i < W is computed; nothing of size B x L x L is allocated.
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_lite_custom_op.h"
@@ -37,7 +38,7 @@ namespace {
 using Ort::Custom::Tensor;
 
 constexpr double kRopeBase = 10000.0;
-constexpr int64_t kRowsPerTask = 64;  // rows of one batch handled by one thread-pool task
+constexpr int64_t kRowsPerTask = 64;  // start rows of one batch (all its slots) handled by one thread-pool task
 
 // Attributes shared by the CPU and CUDA kernels. Errors are kept and reported from Compute,
 // because exceptions must not escape kernel creation through the C ABI.
@@ -55,7 +56,7 @@ struct SpanScoreAttrs {
 };
 
 struct Shapes {
-  int64_t batch = 0, length = 0, dim = 0;
+  int64_t batch = 0, slots = 0, length = 0, dim = 0;
 };
 
 // Validates the six inputs; returns an empty string when they are consistent.
@@ -63,19 +64,25 @@ std::string check_inputs(const Tensor<float>& q, const Tensor<float>& k, const T
                          const Tensor<float>& end_bias, const Tensor<int64_t>& mask, const Tensor<float>& threshold,
                          Shapes* out) {
   const auto& qs = q.Shape();
-  if (qs.size() != 3) return "SpanScore: q must have shape [B, L, D], got rank " + std::to_string(qs.size());
-  if (k.Shape() != qs) return "SpanScore: k must have the same shape as q [B, L, D]";
-  const std::vector<int64_t> bl{qs[0], qs[1]};
-  if (start_bias.Shape() != bl) return "SpanScore: start_bias must have shape [B, L]";
-  if (end_bias.Shape() != bl) return "SpanScore: end_bias must have shape [B, L]";
-  if (mask.Shape() != bl) return "SpanScore: span_mask must have shape [B, L]";
+  if (qs.size() != 4) return "SpanScore: q must have shape [B, K, L, D], got rank " + std::to_string(qs.size());
+  if (k.Shape() != std::vector<int64_t>{qs[0], qs[2], qs[3]})
+    return "SpanScore: k must have shape [B, L, D] with the B, L and D of q [B, K, L, D], got [" + k.Shape2Str() +
+           "]";
+  const std::vector<int64_t> bkl{qs[0], qs[1], qs[2]};
+  if (start_bias.Shape() != bkl)
+    return "SpanScore: start_bias must have shape [B, K, L], got [" + start_bias.Shape2Str() + "]";
+  if (end_bias.Shape() != bkl)
+    return "SpanScore: end_bias must have shape [B, K, L], got [" + end_bias.Shape2Str() + "]";
+  if (mask.Shape() != std::vector<int64_t>{qs[0], qs[2]})
+    return "SpanScore: span_mask must have shape [B, L], got [" + mask.Shape2Str() + "]";
   if (threshold.NumberOfElement() != 1)
     return "SpanScore: threshold must hold one float (the logit), got shape [" + threshold.Shape2Str() + "]";
-  if (qs[2] % 2 != 0)
-    return "SpanScore: head dim D must be even for RoPE (pairs (2m, 2m+1)), got D=" + std::to_string(qs[2]);
+  if (qs[3] % 2 != 0)
+    return "SpanScore: head dim D must be even for RoPE (pairs (2m, 2m+1)), got D=" + std::to_string(qs[3]);
   out->batch = qs[0];
-  out->length = qs[1];
-  out->dim = qs[2];
+  out->slots = qs[1];
+  out->length = qs[2];
+  out->dim = qs[3];
   return {};
 }
 
@@ -133,18 +140,20 @@ struct Hit {
 struct CpuJob {
   const float *q, *k, *start_bias, *end_bias;
   const int64_t* mask;
-  int64_t length, dim, width;  // width clamped to [1, length]
+  int64_t slots, length, dim, width;  // width clamped to [1, length]
   double threshold, sqrt_d;  // epilogue in double, like the NumPy reference
   const RopeTable* rope;
-  int64_t tasks_per_batch;
-  std::vector<std::vector<Hit>>* hits;  // one vector per task, in (batch, start) order
+  int64_t tasks_per_batch;  // row blocks per batch
+  std::vector<std::vector<Hit>>* hits;  // one vector per (batch, slot, row block): output order
 };
 
-// One task: rows [r0, r1) of one batch. Rotates the q rows and the k columns the band touches
-// (k stored transposed, [D, cols]) and emits hits in (start, end) order.
+// One task: rows [r0, r1) of one batch, for every slot. The k columns the band touches are rotated
+// once (stored transposed, [D, cols]) and shared by the slots, which differ only in q and the biases.
+// Emits each slot's hits in (start, end) order into that slot's vector.
 void run_task(const CpuJob& job, int64_t task) {
   const int64_t b = task / job.tasks_per_batch;
-  const int64_t r0 = (task % job.tasks_per_batch) * kRowsPerTask;
+  const int64_t block = task % job.tasks_per_batch;
+  const int64_t r0 = block * kRowsPerTask;
   const int64_t r1 = std::min(job.length, r0 + kRowsPerTask);
   const int64_t L = job.length, D = job.dim, half = D / 2;
   const int64_t* mask = job.mask + b * L;
@@ -167,11 +176,7 @@ void run_task(const CpuJob& job, int64_t task) {
   float* const end = end_buf.data();
   double* const score = score_buf.data();
 
-  // End-side inputs of the touched columns: end bias, -inf where the mask forbids an end
-  // (so s > threshold is false without a branch), k rotated and transposed to [D, cols].
-  const float kNegInf = -std::numeric_limits<float>::infinity();
-  const float* eb = job.end_bias + b * L;
-  for (int64_t c = 0; c < cols; ++c) end[c] = c < used && mask[r0 + c] != 0 ? eb[r0 + c] : kNegInf;
+  // k of the touched columns, rotated and transposed to [D, cols] (zero padding past `used`).
   const float* cosv = job.rope->cos.data();
   const float* sinv = job.rope->sin.data();
   const float* kb = job.k + b * L * D;
@@ -187,22 +192,31 @@ void run_task(const CpuJob& job, int64_t task) {
     }
   }
 
-  std::vector<Hit>& out = (*job.hits)[task];
-  const float* qb = job.q + b * L * D;
-  const float* sb = job.start_bias + b * L;
-  for (int64_t i = r0; i < r1; ++i) {
-    if (mask[i] == 0) continue;
-    const float* x = qb + i * D;
-    for (int64_t m = 0; m < half; ++m) {
-      const float cs = cosv[i * half + m], sn = sinv[i * half + m];
-      const float x0 = x[2 * m], x1 = x[2 * m + 1];
-      qrow[2 * m] = x0 * cs + (-x1) * sn;
-      qrow[2 * m + 1] = x1 * cs + x0 * sn;
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int64_t slot = 0; slot < job.slots; ++slot) {
+    const int64_t bs = b * job.slots + slot;  // (batch, slot) row of q and the biases
+    // End bias of the touched columns, -inf where the mask forbids an end (so s > threshold is
+    // false without a branch).
+    const float* eb = job.end_bias + bs * L;
+    for (int64_t c = 0; c < cols; ++c) end[c] = c < used && mask[r0 + c] != 0 ? eb[r0 + c] : kNegInf;
+
+    std::vector<Hit>& out = (*job.hits)[bs * job.tasks_per_batch + block];
+    const float* qb = job.q + bs * L * D;
+    const float* sb = job.start_bias + bs * L;
+    for (int64_t i = r0; i < r1; ++i) {
+      if (mask[i] == 0) continue;
+      const float* x = qb + i * D;
+      for (int64_t m = 0; m < half; ++m) {
+        const float cs = cosv[i * half + m], sn = sinv[i * half + m];
+        const float x0 = x[2 * m], x1 = x[2 * m + 1];
+        qrow[2 * m] = x0 * cs + (-x1) * sn;
+        qrow[2 * m + 1] = x1 * cs + x0 * sn;
+      }
+      const int64_t w = std::min(job.width, L - i);
+      band_scores(qrow, kt + (i - r0), cols, D, w, job.sqrt_d, sb[i], end + (i - r0), score);
+      for (int64_t t = 0; t < w; ++t)
+        if (score[t] > job.threshold) out.push_back(Hit{i, i + t, static_cast<float>(score[t])});
     }
-    const int64_t w = std::min(job.width, L - i);
-    band_scores(qrow, kt + (i - r0), cols, D, w, job.sqrt_d, sb[i], end + (i - r0), score);
-    for (int64_t t = 0; t < w; ++t)
-      if (score[t] > job.threshold) out.push_back(Hit{i, i + t, static_cast<float>(score[t])});
   }
 }
 
@@ -232,16 +246,17 @@ struct SpanScoreCpu {
     if (!err.empty()) return Ort::Status(err.c_str(), ORT_INVALID_ARGUMENT);
 
     const int64_t width = std::min(attrs.max_width, s.length);
-    std::vector<std::vector<Hit>> hits;
-    if (s.batch > 0 && s.length > 0 && width > 0) {
+    const int64_t tasks_per_batch = s.length > 0 ? (s.length + kRowsPerTask - 1) / kRowsPerTask : 1;
+    std::vector<std::vector<Hit>> hits;  // [B, K, row blocks], filled in parallel, concatenated in order
+    if (s.batch > 0 && s.slots > 0 && s.length > 0 && width > 0) {
       const auto table = rope_for(s.length, s.dim);
-      const int64_t tasks_per_batch = (s.length + kRowsPerTask - 1) / kRowsPerTask;
-      hits.resize(static_cast<size_t>(s.batch * tasks_per_batch));
-      CpuJob job{q.Data(), k.Data(), start_bias.Data(), end_bias.Data(), mask.Data(), s.length, s.dim, width,
-                 static_cast<double>(threshold.Data()[0]), std::sqrt(static_cast<double>(s.dim)), table.get(),
-                 tasks_per_batch, &hits};
+      hits.resize(static_cast<size_t>(s.batch * s.slots * tasks_per_batch));
+      CpuJob job{q.Data(), k.Data(), start_bias.Data(), end_bias.Data(), mask.Data(), s.slots, s.length, s.dim,
+                 width, static_cast<double>(threshold.Data()[0]), std::sqrt(static_cast<double>(s.dim)),
+                 table.get(), tasks_per_batch, &hits};
       try {
-        Ort::KernelContext(context).ParallelFor(run_task_trampoline, hits.size(), 0, &job);
+        Ort::KernelContext(context).ParallelFor(run_task_trampoline, static_cast<size_t>(s.batch * tasks_per_batch),
+                                                0, &job);
       } catch (const std::exception& e) {
         return Ort::Status((std::string("SpanScore: CPU kernel failed: ") + e.what()).c_str(), ORT_FAIL);
       }
@@ -249,16 +264,17 @@ struct SpanScoreCpu {
 
     size_t total = 0;
     for (const auto& h : hits) total += h.size();
-    int64_t* sp = spans.Allocate({static_cast<int64_t>(total), 3});
+    int64_t* sp = spans.Allocate({static_cast<int64_t>(total), 4});
     float* sc = scores.Allocate({static_cast<int64_t>(total)});
-    const int64_t tasks_per_batch = s.length > 0 ? (s.length + kRowsPerTask - 1) / kRowsPerTask : 1;
     size_t n = 0;
     for (size_t t = 0; t < hits.size(); ++t) {
-      const int64_t b = static_cast<int64_t>(t) / tasks_per_batch;
+      const int64_t bs = static_cast<int64_t>(t) / tasks_per_batch;
+      const int64_t b = bs / s.slots, slot = bs % s.slots;
       for (const Hit& h : hits[t]) {
-        sp[3 * n] = b;
-        sp[3 * n + 1] = h.start;
-        sp[3 * n + 2] = h.end;
+        sp[4 * n] = b;
+        sp[4 * n + 1] = slot;
+        sp[4 * n + 2] = h.start;
+        sp[4 * n + 3] = h.end;
         sc[n] = h.score;
         ++n;
       }
@@ -289,15 +305,15 @@ struct SpanScoreCuda {
     void* stream = Ort::KernelContext(context).GetGPUComputeStream();
     HugieSpanScoreCudaWork work;
     int rc = hugie_span_score_cuda_count(q.Data(), k.Data(), start_bias.Data(), end_bias.Data(), mask.Data(),
-                                         s.batch, s.length, s.dim, threshold.Data(), attrs.max_width, stream,
-                                         &work);
+                                         s.batch, s.slots, s.length, s.dim, threshold.Data(), attrs.max_width,
+                                         stream, &work);
     if (rc != 0) {
       hugie_span_score_cuda_release(&work, stream);
       return cuda_status("count pass", rc);
     }
     Ort::Status status{nullptr};
     try {
-      int64_t* sp = spans.Allocate({static_cast<int64_t>(work.total), 3});
+      int64_t* sp = spans.Allocate({static_cast<int64_t>(work.total), 4});
       float* sc = scores.Allocate({static_cast<int64_t>(work.total)});
       rc = hugie_span_score_cuda_fill(&work, sp, sc, stream);
       if (rc != 0) status = cuda_status("fill pass", rc);

@@ -1,13 +1,15 @@
 // CUDA implementation of hugie::SpanScore (see span_score.cc for the op contract).
 //
 // Per call, all stream-ordered on ORT's compute stream:
-//   1. rope_kernel:  rotate q and k once into scratch ([B, L, D] each).
-//   2. count_kernel: one block per (batch, start) row counts the band entries above threshold.
-//   3. scan_kernel:  single-block exclusive scan of the B*L + 1 counts -> row offsets; the last
-//                    offset is N, copied to the host (the only host sync).
+//   1. rope_kernel:  rotate q ([B, K, L, D]) and k ([B, L, D], once per row for all its slots)
+//                    into scratch.
+//   2. count_kernel: one block per (batch, slot, start) row counts the band entries above threshold.
+//   3. scan_kernel:  single-block exclusive scan of the B*K*L + 1 counts -> row offsets; the last
+//                    offset is N, copied to the host (the only host sync). Rows are numbered in
+//                    (batch, slot, start) order, so the offsets already give the output order.
 //   4. fill_kernel:  same blocks recompute the scores and write rows at their offsets; a block
 //                    scan over the candidate flags keeps rows ordered by end within a start row.
-// Only the band (j - i < W) is ever computed; memory is O(B * L * D).
+// Only the band (j - i < W) is ever computed; memory is O(B * K * L * D).
 #include "span_score_cuda.h"
 
 #include <cuda_runtime.h>
@@ -24,9 +26,9 @@ constexpr int kRopeThreads = 256;
 size_t align_up(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 // RoPE exactly like hugie/scoring.py: angle computed in double, cos/sin rounded to float,
-// then out = x * cos + rotated * sin in float.
-__global__ void rope_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                            float* __restrict__ qr, float* __restrict__ kr, long long pairs_total,
+// then out = x * cos + rotated * sin in float. x is [rows, D] with position = row % length, which
+// holds for q [B, K, L, D] and k [B, L, D] alike.
+__global__ void rope_kernel(const float* __restrict__ x, float* __restrict__ xr, long long pairs_total,
                             int64_t length, int64_t dim) {
   const int64_t half = dim / 2;
   for (long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; idx < pairs_total;
@@ -39,12 +41,17 @@ __global__ void rope_kernel(const float* __restrict__ q, const float* __restrict
     sincos(static_cast<double>(pos) * inv_freq, &s, &c);
     const float cf = static_cast<float>(c), sf = static_cast<float>(s);
     const int64_t at = row * dim + 2 * m;
-    const float q0 = q[at], q1 = q[at + 1], k0 = k[at], k1 = k[at + 1];
-    qr[at] = __fadd_rn(__fmul_rn(q0, cf), __fmul_rn(-q1, sf));
-    qr[at + 1] = __fadd_rn(__fmul_rn(q1, cf), __fmul_rn(q0, sf));
-    kr[at] = __fadd_rn(__fmul_rn(k0, cf), __fmul_rn(-k1, sf));
-    kr[at + 1] = __fadd_rn(__fmul_rn(k1, cf), __fmul_rn(k0, sf));
+    const float x0 = x[at], x1 = x[at + 1];
+    xr[at] = __fadd_rn(__fmul_rn(x0, cf), __fmul_rn(-x1, sf));
+    xr[at + 1] = __fadd_rn(__fmul_rn(x1, cf), __fmul_rn(x0, sf));
   }
+}
+
+void launch_rope(const float* x, float* xr, long long rows, int64_t length, int64_t dim, cudaStream_t stream) {
+  const long long pairs = rows * (dim / 2);
+  const long long blocks = (pairs + kRopeThreads - 1) / kRopeThreads;
+  rope_kernel<<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kRopeThreads, 0, stream>>>(
+      x, xr, pairs, length, dim);
 }
 
 // s(i, j) for the row whose rotated q sits in shared memory.
@@ -69,17 +76,24 @@ __device__ __forceinline__ void load_q_row(float2* q_row, const float* qr, int64
   __syncthreads();
 }
 
+// A block's row is (b * K + s) * L + i: it indexes q rows and the biases; the token row
+// b * L + i indexes k and the mask, which the slots of a row share.
+__device__ __forceinline__ int64_t token_row(int64_t row, int64_t slots, int64_t length) {
+  return row / (slots * length) * length + row % length;
+}
+
 __global__ void __launch_bounds__(kRowThreads)
     count_kernel(const float* __restrict__ qr, const float* __restrict__ kr, const float* __restrict__ start_bias,
-                 const float* __restrict__ end_bias, const int64_t* __restrict__ mask, int64_t length,
-                 int64_t dim, int64_t width, const float* __restrict__ threshold_ptr, double sqrt_d,
-                 long long* __restrict__ counts) {
+                 const float* __restrict__ end_bias, const int64_t* __restrict__ mask, int64_t slots,
+                 int64_t length, int64_t dim, int64_t width, const float* __restrict__ threshold_ptr,
+                 double sqrt_d, long long* __restrict__ counts) {
   extern __shared__ float2 q_row[];
   using Reduce = cub::BlockReduce<int, kRowThreads>;
   __shared__ typename Reduce::TempStorage reduce_storage;
 
-  const int64_t row = blockIdx.x;  // b * L + i
-  if (mask[row] == 0) {            // block-uniform exit
+  const int64_t row = blockIdx.x;  // (b * K + s) * L + i
+  const int64_t tok = token_row(row, slots, length);  // b * L + i
+  if (mask[tok] == 0) {            // block-uniform exit
     if (threadIdx.x == 0) counts[row] = 0;
     return;
   }
@@ -91,8 +105,9 @@ __global__ void __launch_bounds__(kRowThreads)
   const float sb = start_bias[row];
   int hits = 0;
   for (int64_t t = threadIdx.x; t < candidates; t += kRowThreads) {
-    const int64_t col = row + t;  // batch_base + j
-    if (mask[col] != 0 && band_score(q_row, kr, col, dim, sqrt_d, sb, end_bias[col]) > threshold) ++hits;
+    // k and mask at b * L + j; the end bias at (b * K + s) * L + j
+    if (mask[tok + t] != 0 && band_score(q_row, kr, tok + t, dim, sqrt_d, sb, end_bias[row + t]) > threshold)
+      ++hits;
   }
   const int total = Reduce(reduce_storage).Sum(hits);
   if (threadIdx.x == 0) counts[row] = total;
@@ -118,17 +133,19 @@ __global__ void __launch_bounds__(kScanThreads)
 __global__ void __launch_bounds__(kRowThreads)
     fill_kernel(const float* __restrict__ qr, const float* __restrict__ kr, const float* __restrict__ start_bias,
                 const float* __restrict__ end_bias, const int64_t* __restrict__ mask,
-                const long long* __restrict__ offsets, int64_t length, int64_t dim, int64_t width,
-                const float* __restrict__ threshold_ptr, double sqrt_d, int64_t* __restrict__ spans,
-                float* __restrict__ scores) {
+                const long long* __restrict__ offsets, int64_t slots, int64_t length, int64_t dim,
+                int64_t width, const float* __restrict__ threshold_ptr, double sqrt_d,
+                int64_t* __restrict__ spans, float* __restrict__ scores) {
   extern __shared__ float2 q_row[];
   using Scan = cub::BlockScan<int, kRowThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
 
-  const int64_t row = blockIdx.x;
-  if (mask[row] == 0 || offsets[row + 1] == offsets[row]) return;  // block-uniform
+  const int64_t row = blockIdx.x;  // (b * K + s) * L + i
+  const int64_t tok = token_row(row, slots, length);
+  if (mask[tok] == 0 || offsets[row + 1] == offsets[row]) return;  // block-uniform
   const int64_t i = row % length;
-  const int64_t b = row / length;
+  const int64_t b = row / (slots * length);
+  const int64_t slot = row / length % slots;
   load_q_row(q_row, qr, row, dim);
 
   const double threshold = static_cast<double>(*threshold_ptr);
@@ -140,17 +157,18 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t t = base + threadIdx.x;
     double s = 0.0;
     int keep = 0;
-    if (t < candidates && mask[row + t] != 0) {
-      s = band_score(q_row, kr, row + t, dim, sqrt_d, sb, end_bias[row + t]);
+    if (t < candidates && mask[tok + t] != 0) {
+      s = band_score(q_row, kr, tok + t, dim, sqrt_d, sb, end_bias[row + t]);
       keep = s > threshold;
     }
     int pos, chunk_hits;
     Scan(scan_storage).ExclusiveSum(keep, pos, chunk_hits);
     const long long at = out + pos;
     if (keep && at < offsets[row + 1]) {  // the guard only protects memory; passes agree exactly
-      spans[3 * at] = b;
-      spans[3 * at + 1] = i;
-      spans[3 * at + 2] = i + t;
+      spans[4 * at] = b;
+      spans[4 * at + 1] = slot;
+      spans[4 * at + 2] = i;
+      spans[4 * at + 3] = i + t;
       scores[at] = static_cast<float>(s);
     }
     out += chunk_hits;
@@ -163,8 +181,8 @@ __global__ void __launch_bounds__(kRowThreads)
 extern "C" {
 
 int hugie_span_score_cuda_count(const float* q, const float* k, const float* start_bias, const float* end_bias,
-                                const int64_t* mask, int64_t batch, int64_t length, int64_t dim,
-                                const float* threshold, int64_t max_width, void* stream_ptr,
+                                const int64_t* mask, int64_t batch, int64_t slots, int64_t length,
+                                int64_t dim, const float* threshold, int64_t max_width, void* stream_ptr,
                                 HugieSpanScoreCudaWork* work) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   *work = HugieSpanScoreCudaWork{};
@@ -172,36 +190,37 @@ int hugie_span_score_cuda_count(const float* q, const float* k, const float* sta
   work->end_bias = end_bias;
   work->mask = mask;
   work->batch = batch;
+  work->slots = slots;
   work->length = length;
   work->dim = dim;
   work->width = max_width < 0 ? 0 : (max_width > length ? length : max_width);
   work->threshold = threshold;
-  const long long rows = static_cast<long long>(batch) * length;
+  const long long tokens = static_cast<long long>(batch) * length;  // rows of k and the mask
+  const long long rows = tokens * slots;  // (batch, slot, start) rows of q and the biases
   if (rows == 0 || work->width == 0 || dim <= 0) return cudaSuccess;
-  if (rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;  // one block per (batch, start) row
+  if (rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;  // one block per (batch, slot, start) row
 
-  const size_t vec_bytes = align_up(sizeof(float) * static_cast<size_t>(rows) * dim);
+  const size_t q_bytes = align_up(sizeof(float) * static_cast<size_t>(rows) * dim);
+  const size_t k_bytes = align_up(sizeof(float) * static_cast<size_t>(tokens) * dim);
   const size_t cnt_bytes = align_up(sizeof(long long) * static_cast<size_t>(rows + 1));
-  cudaError_t err = cudaMallocAsync(&work->scratch, 2 * vec_bytes + 2 * cnt_bytes, stream);
+  cudaError_t err = cudaMallocAsync(&work->scratch, q_bytes + k_bytes + 2 * cnt_bytes, stream);
   if (err != cudaSuccess) return err;
   char* base = static_cast<char*>(work->scratch);
   float* qr = reinterpret_cast<float*>(base);
-  float* kr = reinterpret_cast<float*>(base + vec_bytes);
-  long long* counts = reinterpret_cast<long long*>(base + 2 * vec_bytes);
-  long long* offsets = reinterpret_cast<long long*>(base + 2 * vec_bytes + cnt_bytes);
+  float* kr = reinterpret_cast<float*>(base + q_bytes);
+  long long* counts = reinterpret_cast<long long*>(base + q_bytes + k_bytes);
+  long long* offsets = reinterpret_cast<long long*>(base + q_bytes + k_bytes + cnt_bytes);
   work->qr = qr;
   work->kr = kr;
   work->offsets = offsets;
 
-  const long long pairs = rows * (dim / 2);
-  const long long rope_blocks = (pairs + kRopeThreads - 1) / kRopeThreads;
-  rope_kernel<<<static_cast<unsigned>(rope_blocks < 65535 ? rope_blocks : 65535), kRopeThreads, 0, stream>>>(
-      q, k, qr, kr, pairs, length, dim);
+  launch_rope(q, qr, rows, length, dim, stream);
+  launch_rope(k, kr, tokens, length, dim, stream);  // once per row, shared by its K slots
 
   const double sqrt_d = sqrt(static_cast<double>(dim));
   const size_t smem = sizeof(float) * static_cast<size_t>(dim);
   count_kernel<<<static_cast<unsigned>(rows), kRowThreads, smem, stream>>>(
-      qr, kr, start_bias, end_bias, mask, length, dim, work->width, threshold, sqrt_d, counts);
+      qr, kr, start_bias, end_bias, mask, slots, length, dim, work->width, threshold, sqrt_d, counts);
   err = cudaMemsetAsync(counts + rows, 0, sizeof(long long), stream);
   if (err != cudaSuccess) return err;
   scan_kernel<<<1, kScanThreads, 0, stream>>>(counts, offsets, rows + 1);
@@ -221,12 +240,12 @@ int hugie_span_score_cuda_fill(const HugieSpanScoreCudaWork* work, int64_t* span
                                void* stream_ptr) {
   if (work->total == 0) return cudaSuccess;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const long long rows = static_cast<long long>(work->batch) * work->length;
+  const long long rows = static_cast<long long>(work->batch) * work->slots * work->length;
   const double sqrt_d = sqrt(static_cast<double>(work->dim));
   const size_t smem = sizeof(float) * static_cast<size_t>(work->dim);
   fill_kernel<<<static_cast<unsigned>(rows), kRowThreads, smem, stream>>>(
-      work->qr, work->kr, work->start_bias, work->end_bias, work->mask, work->offsets, work->length, work->dim,
-      work->width, work->threshold, sqrt_d, spans, scores);
+      work->qr, work->kr, work->start_bias, work->end_bias, work->mask, work->offsets, work->slots, work->length,
+      work->dim, work->width, work->threshold, sqrt_d, spans, scores);
   return cudaGetLastError();
 }
 

@@ -1,0 +1,247 @@
+"""Slot models: several prompts per row, a whole entity schema (or all predicates of a subject) in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hugie.configuration import HugieConfig
+from hugie.extractor import Extractor
+from hugie.prompts import ENTITY, RELATION, Prompt, PromptTokenizer
+from hugie.scoring import span_scores_reference
+from tests.conftest import tiny_model, tiny_slot_model
+
+TYPES = ["人名", "地名", "机构", "组织", "公司", "时间", "人物", "地点", "出生", "名"]  # ten distinct prompts
+
+
+class CountingBackend:
+    """Wraps a backend and records the rows of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+        self.name, self.device = inner.name, inner.device
+
+    def score(self, batch, threshold, max_width):
+        self.calls.append(batch.input_ids.shape[0])
+        return self.inner.score(batch, threshold, max_width)
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def counting(extractor: Extractor) -> CountingBackend:
+    extractor.backend = CountingBackend(extractor.backend)
+    return extractor.backend
+
+
+@pytest.fixture(scope="module")
+def slot_model(tiny_tokenizer):
+    return tiny_slot_model(tiny_tokenizer, spread=0.5)
+
+
+def test_markers_are_vocabulary_no_text_can_produce(tiny_tokenizer):
+    marked = tiny_tokenizer.with_markers(["[E]", "[R]"])
+    ids = {marked.marker_id("[E]"), marked.marker_id("[R]")}
+    assert len(ids) == 2 and min(ids) >= tiny_tokenizer.vocab_size
+    tokens = marked.tokenize(["[E] 人名 [R] a[E]b [R]"])[0]
+    assert not ids & set(tokens.ids)
+    assert marked.with_markers(["[E]", "[R]"]).vocab_size == marked.vocab_size  # added once
+
+
+def test_prompt_puts_a_marker_before_each_slot(slot_model):
+    model, marked = slot_model
+    prompts = PromptTokenizer(marked, model.config.slots)
+    tokens, markers = prompts.encode(Prompt(RELATION, ("出生地", "人物"), prefix="【张三】"))
+    assert [tokens.ids[m] for m in markers] == [prompts.marker_ids[RELATION]] * 2
+    assert tokens.ids[: markers[0]] == marked.tokenize(["【张三】"])[0].ids
+    assert tokens.ids[markers[0] + 1: markers[1]] == marked.tokenize(["出生地"])[0].ids
+
+
+def test_prompt_packing_respects_slots_and_tokens(slot_model):
+    model, marked = slot_model
+    prompts = PromptTokenizer(marked, {**model.config.slots, "max_slots": 3, "max_prompt_tokens": 10})
+    assert prompts.pack(0, [2, 2, 2, 2]) == [[0, 1, 2], [3]]
+    assert prompts.pack(4, [3, 3, 12, 1]) == [[0, 1], [2], [3]]  # a slot over the budget goes alone
+
+
+def test_a_fresh_slot_head_scores_every_slot_as_the_one_slot_head(tiny_tokenizer):
+    model, marked = tiny_slot_model(tiny_tokenizer)
+    prompts = PromptTokenizer(marked, model.config.slots)
+    prompt, markers = prompts.encode(Prompt(ENTITY, ("人名", "地名", "时间")))
+    batch = marked.build_batch([(prompt, marked.tokenize(["张三去了北京。"])[0])], markers=[markers])
+    ids, attn = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+    with torch.no_grad():
+        q, k, sb, eb = model.project(ids, attn, torch.from_numpy(batch.slot_positions),
+                                     torch.from_numpy(batch.slot_mask))
+        model.config.architecture = "instruction"  # the same weights read as a one-slot head
+        q1, k1, sb1, eb1 = model.project(ids, attn)
+        model.config.architecture = "slots"
+    assert q.shape == (1, 3, *q1.shape[1:]) and sb.shape == (1, 3, sb1.shape[1])
+    for slot in range(3):
+        assert torch.allclose(q[:, slot], q1, atol=1e-6)
+        assert torch.allclose(sb[:, slot], sb1, atol=1e-6) and torch.allclose(eb[:, slot], eb1, atol=1e-6)
+
+
+def test_slot_logits_match_the_shared_scoring_and_padding_slots_find_nothing(slot_model):
+    model, marked = slot_model
+    prompts = PromptTokenizer(marked, model.config.slots)
+    rows = [prompts.encode(Prompt(ENTITY, ("人名", "地名", "时间"))), prompts.encode(Prompt(ENTITY, ("人名",)))]
+    texts = marked.tokenize(["张三去了北京。", "李四"])
+    batch = marked.build_batch([(p, t) for (p, _), t in zip(rows, texts)], markers=[m for _, m in rows])
+    assert batch.slot_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    tensors = [torch.from_numpy(x) for x in (batch.input_ids, batch.attention_mask, batch.slot_positions,
+                                             batch.slot_mask)]
+    with torch.no_grad():
+        q, k, sb, eb = model.project(*tensors)
+        logits = model(tensors[0], tensors[1], torch.from_numpy(batch.span_mask), slot_positions=tensors[2],
+                       slot_mask=tensors[3])["logits"]
+    assert logits.shape[:2] == (2, 3)
+    spans, scores = span_scores_reference(q.numpy(), k.numpy(), sb.numpy(), eb.numpy(), batch.span_mask, -1e3,
+                                          model.config.max_span_width)
+    assert len(spans) and set(spans[:, 1].tolist()) == {0, 1, 2}
+    assert not any(b == 1 and slot > 0 for b, slot, _, _ in spans.tolist())  # padding slots of row 1
+    assert np.allclose(logits[spans[:, 0], spans[:, 1], spans[:, 2], spans[:, 3]].numpy(), scores, atol=1e-4)
+    first = {tuple(r[2:]): s for r, s in zip(spans.tolist(), scores) if r[:2] == [0, 0]}
+    second = {tuple(r[2:]): s for r, s in zip(spans.tolist(), scores) if r[:2] == [0, 1]}
+    assert first.keys() == second.keys() and not np.allclose(list(first.values()), list(second.values()))
+
+
+def test_the_loss_reads_real_slots_only(slot_model):
+    model, marked = slot_model
+    prompts = PromptTokenizer(marked, model.config.slots)
+    rows = [prompts.encode(Prompt(ENTITY, ("人名", "地名"))), prompts.encode(Prompt(ENTITY, ("人名",)))]
+    texts = marked.tokenize(["张三去了北京。", "李四"])
+    batch = marked.build_batch([(p, t) for (p, _), t in zip(rows, texts)], markers=[m for _, m in rows])
+    inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
+              "span_mask": torch.from_numpy(batch.span_mask), "slot_positions": torch.from_numpy(batch.slot_positions),
+              "slot_mask": torch.from_numpy(batch.slot_mask)}
+    labels = torch.zeros((2, 2, *batch.shape[1:2] * 2))
+    noisy = labels.clone()
+    noisy[1, 1, 5, 5] = 1.0  # a label in row 1's padding slot
+    with torch.no_grad():
+        assert model(**inputs, labels=labels)["loss"] == model(**inputs, labels=noisy)["loss"]
+        noisy[0, 1, 5, 5] = 1.0  # in a real slot it counts
+        assert model(**inputs, labels=labels)["loss"] != model(**inputs, labels=noisy)["loss"]
+
+
+@pytest.fixture(scope="module")
+def trained_slots(trained_slot_model_dir):
+    return Extractor.load(trained_slot_model_dir, backend="torch", device="cpu")
+
+
+def test_ten_entity_types_over_one_document_are_one_encoder_call(trained_slots, trained_model_dir):
+    text = "昨天张三在北京开会。" * 8  # 80 characters: prompt and text fit the tiny model's 128 tokens
+    calls = counting(trained_slots)
+    stats = {}
+    result = trained_slots.run([{"text": text, "entities": TYPES}], stats=stats)[0]
+    assert calls.calls == [1] and stats["passes"] == 1
+    assert list(result.entities) == TYPES
+    assert "张三" in {s.text for s in result.entities["人名"]}
+    assert "北京" in {s.text for s in result.entities["地名"]}
+    one_slot = Extractor.load(trained_model_dir, backend="torch", device="cpu")
+    stats = {}
+    one_slot.run([{"text": text, "entities": TYPES}], stats=stats)
+    assert stats["passes"] == 10
+
+
+def test_a_relation_schema_costs_one_pass_plus_one_per_subject(trained_slots):
+    text = "李四出生于上海，后来搬家了。"
+    relations = [{"subject": "人名", "predicate": p} for p in ("出生地", "人物", "公司", "时间", "机构")]
+    stats = {}
+    result = trained_slots.run([{"text": text, "schema": {"relations": relations}}], stats=stats)[0]
+    subjects = {e.text for e in result.entities if e.type == "人名"}
+    assert "李四" in subjects
+    assert stats["passes"] == 1 + len(subjects)  # every subject's five predicates in one pass
+    assert ("李四", "出生地", "上海") in {(r.subject.text, r.predicate, r.object.text) for r in result.relations}
+
+
+def test_more_types_than_slots_split_into_passes_and_all_are_answered(trained_slot_model_dir):
+    ex = Extractor.load(trained_slot_model_dir, backend="torch", device="cpu")
+    ex.prompts.max_slots = 4
+    types = TYPES + ["人名2", "地名2"]
+    stats = {}
+    result = ex.run([{"text": "昨天张三在北京开会。", "entities": types}], stats=stats)[0]
+    assert stats["passes"] == 3 and list(result.entities) == types
+    assert ex.passes({"text": "x", "entities": types}) == 3
+    assert ex.relation_passes(9) == 3
+
+
+def test_an_instruction_is_one_slot(trained_slots):
+    assert [s.text for s in trained_slots.extract("找到文章中所有【地名】类型的实体？", "听说李四住在上海附近")] == ["上海"]
+
+
+def test_the_same_type_at_two_thresholds_shares_one_slot(trained_slots):
+    text = "昨天张三在北京开会。"
+    stats = {}
+    low, high = trained_slots.run([{"text": text, "entities": ["人名", "地名"], "threshold": 0.01},
+                                   {"text": text, "entities": ["人名"], "threshold": 0.99}], stats=stats)
+    assert stats["passes"] == 1
+    assert all(s.score >= 0.99 for s in high.entities["人名"])
+    assert {s.text for s in low.entities["人名"]} >= {s.text for s in high.entities["人名"]}
+
+
+def test_long_texts_are_windowed_with_offsets_into_the_text(trained_slots):
+    text = "昨天张三在北京开会。" * 30 + "听说李四住在上海附近"
+    found = trained_slots.extract_entities(text, ["人名", "地名"])
+    assert all(text[s.start:s.end] == s.text for spans in found.values() for s in spans)
+    assert "李四" in {s.text for s in found["人名"]}
+
+
+def test_onnx_export_of_a_slot_model_matches_torch(trained_slot_model_dir, tmp_path):
+    from hugie.export import export_model, model_from_export
+
+    out = export_model(trained_slot_model_dir, tmp_path / "onnx", quantize="none")
+    config = HugieConfig.from_pretrained(out)
+    assert config.slotted and config.slots["markers"] == {"entity": "[E]", "relation": "[R]"}
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(out / "encoder.onnx")).graph.node}
+    assert "Attention" in ops  # the slot head leaves the encoder's attention fusable
+    torch_ex = Extractor.load(trained_slot_model_dir, backend="torch", device="cpu")
+    requests = [{"text": "昨天张三在北京开会。", "entities": ["人名", "地名", "时间"]},
+                {"text": "李四出生于上海，后来搬家了。", "schema": {"relations": [{"subject": "人名", "predicate": "出生地"}]}},
+                {"text": "Yesterday Bob was in Paris.", "entities": ["person", "location"], "threshold": 0.2}]
+    for use_custom_op in (False, None):
+        from hugie.backends.onnx import OnnxBackend
+
+        onnx_ex = Extractor(OnnxBackend(out, config, device="cpu", use_custom_op=use_custom_op),
+                            torch_ex.tokenizer, config)
+        for a, b in zip(torch_ex.run(requests), onnx_ex.run(requests)):
+            assert type(a) is type(b)
+            assert _spans(a) == _spans(b)
+    rebuilt = model_from_export(out)
+    assert rebuilt.config.slotted
+    state = torch_ex.backend.model.state_dict()
+    for name, value in rebuilt.state_dict().items():
+        assert torch.allclose(value, state[name], atol=1e-5), name
+
+
+def _spans(result) -> list:
+    dump = result.model_dump()
+    if "entities" in dump and isinstance(dump["entities"], dict):
+        return sorted((t, s["start"], s["end"], round(s["score"], 2)) for t, v in dump["entities"].items() for s in v)
+    return sorted((e["type"], e["start"], e["end"], round(e["score"], 2)) for e in dump["entities"]) + sorted(
+        (r["predicate"], r["object"]["start"], round(r["score"], 2)) for r in dump.get("relations", []))
+
+
+def test_one_slot_models_load_and_say_so(trained_model_dir):
+    ex = Extractor.load(trained_model_dir, backend="torch", device="cpu")
+    assert ex.prompts is None and not ex.config.slotted
+    assert ex.relation_passes(5) == 5
+
+
+def test_an_unknown_architecture_is_refused():
+    from hugie.errors import HugieError
+
+    with pytest.raises(HugieError) as err:
+        HugieConfig(architecture="gliner")
+    assert err.value.code == "E015"
+
+
+def test_a_one_slot_model_gains_slots_once(tiny_tokenizer):
+    model, marked = tiny_slot_model(tiny_tokenizer)
+    with pytest.raises(ValueError):
+        model.add_slots({"entity": marked.marker_id("[E]")}, init_id=0)
+    plain = tiny_model(marked)
+    assert plain.encoder.get_input_embeddings().num_embeddings == marked.vocab_size
