@@ -246,7 +246,10 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = True, fp32_mat
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
                      op_types_to_quantize=["MatMul", "Attention", "Gather"], nodes_to_exclude=list(fp32_matmuls),
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
+                                    # weights only: a slot model's marker picks and slot x token biases
+                                    # multiply two activations, which stay fp32
+                                    "MatMulConstBOnly": True})
 
 
 def _use_eager_attention(model) -> None:

@@ -245,3 +245,19 @@ def test_a_one_slot_model_gains_slots_once(tiny_tokenizer):
         model.add_slots({"entity": marked.marker_id("[E]")}, init_id=0)
     plain = tiny_model(marked)
     assert plain.encoder.get_input_embeddings().num_embeddings == marked.vocab_size
+
+
+def test_int8_export_quantizes_weights_only(trained_slot_model_dir, tmp_path):
+    """The marker picks and the slot x token biases multiply two activations: they stay fp32 in an int8 export."""
+    import onnx
+
+    from hugie.export import export_model
+
+    out = export_model(trained_slot_model_dir, tmp_path / "int8", quantize="int8")
+    graph = onnx.load(str(out / "encoder.onnx")).graph
+    weights = {init.name for init in graph.initializer}
+    integer = [node for node in graph.node if node.op_type == "MatMulInteger"]
+    assert integer and all(node.input[1] in weights for node in integer)
+    ex = Extractor.load(out)
+    found = ex.extract_entities("昨天张三在北京开会。", ["人名", "地名"])
+    assert [s.text for s in found["人名"]] == ["张三"] and [s.text for s in found["地名"]] == ["北京"]
