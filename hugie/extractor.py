@@ -19,7 +19,7 @@ import numpy as np
 from .configuration import HugieConfig, has_torch_weights
 from .errors import HugieError
 from .instructions import detect_language, templates
-from .limits import RequestLimits, first_passes
+from .limits import RequestLimits
 from .prompts import ENTITY, RELATION, Prompt, PromptTokenizer, subject_cue
 from .scoring import logit, sigmoid
 from .tokenization import HugieTokenizer, TextTokens, pack_by_length
@@ -204,10 +204,9 @@ class _RequestPlan:
 
     def check(self, limits: RequestLimits | None) -> None:
         """What can be checked before any model work: prompt lengths (E007) and ``limits``."""
-        asks = list(self.entity_asks().values())
-        self.extractor._check_asks(asks)
+        passes = self.extractor._count_rows(list(self.entity_asks().values()), self.request.text)
         if limits is not None:
-            limits.check_request(self.request, self.extractor._count_rows(asks, self.request.text))
+            limits.check_request(self.request, passes)
 
     def entity_asks(self) -> dict[str | None, Ask]:
         r, ex = self.request, self.extractor
@@ -246,10 +245,9 @@ class _RequestPlan:
             if limits is not None:
                 limits.check_subjects(f"{rel.subject} {rel.predicate}", len(subjects))
             planned += [(rel, subj, ex._relation_ask(self.tmpl, subj.text, rel.predicate)) for subj in subjects]
-        distinct = list(dict.fromkeys(ask for _, _, ask in planned))
+        passes = ex._count_rows(list(dict.fromkeys(ask for _, _, ask in planned)), r.text)
         if limits is not None:
-            limits.check_work(ex._count_rows(distinct, r.text), len(r.text))
-        ex._check_asks(distinct)
+            limits.check_work(passes, len(r.text))
         for rel, subj, ask in planned:
             index = asks.add(ask, r.text, self.object_threshold, self.top_k)
             self.relation_asks.append((rel, Entity(type=rel.subject, **subj.model_dump()), index))
@@ -480,11 +478,7 @@ class Extractor:
         1 for an instruction; for entity types (a schema's subject types included) one per type, or for a slot
         model one per group of types that fits a prompt. E007 when one is too long to leave room for the text."""
         plan = _RequestPlan(as_request(request), self)
-        asks = list(plan.entity_asks().values())
-        self._check_asks(asks)
-        if not self.prompts:
-            return first_passes(plan.request)
-        return self._count_rows(asks, plan.request.text)
+        return self._count_rows(list(plan.entity_asks().values()), plan.request.text)
 
     def relation_passes(self, relations: int) -> int:
         """Passes that asking ``relations`` predicates of one subject costs: one each, or for a slot model one per
@@ -517,6 +511,7 @@ class Extractor:
         return rows
 
     def _count_rows(self, asks: Sequence[Ask], text: str) -> int:
+        """Passes ``asks`` over ``text`` take (E007 when one of them leaves no room for the text)."""
         return len(self._rows(asks, [text] * len(asks))) if asks else 0
 
     def _units(self, rows: Sequence[_Row]) -> list[_Unit]:

@@ -127,11 +127,14 @@ class GlobalPointerModel(PreTrainedModel):
         self.projection = nn.Linear(hidden, 2 * config.head_size)
         self.bias_head = nn.Linear(2 * config.head_size, 2)
         if config.slotted:
-            rank = int(config.slots["rank"])
-            self.slot_gate = nn.Linear(hidden, config.head_size // 2)  # one gate per RoPE pair
-            self.slot_query = nn.Linear(hidden, 2 * rank)  # start, end
-            self.token_key = nn.Linear(2 * config.head_size, 2 * rank)
+            self._build_slot_head()
         self.post_init()
+
+    def _build_slot_head(self) -> None:
+        hidden, rank = self.encoder.config.hidden_size, int(self.config.slots["rank"])
+        self.slot_gate = nn.Linear(hidden, self.config.head_size // 2)  # one gate per RoPE pair
+        self.slot_query = nn.Linear(hidden, 2 * rank)  # start, end
+        self.token_key = nn.Linear(2 * self.config.head_size, 2 * rank)
 
 
     def _init_weights(self, module):
@@ -157,11 +160,7 @@ class GlobalPointerModel(PreTrainedModel):
             config.encoder["vocab_size"] = size
         config.architecture = "slots"
         config.slots = {**_Settings(architecture="slots", slots=slots).slots}
-        hidden = self.encoder.config.hidden_size
-        rank = int(config.slots["rank"])
-        self.slot_gate = nn.Linear(hidden, config.head_size // 2)
-        self.slot_query = nn.Linear(hidden, 2 * rank)
-        self.token_key = nn.Linear(2 * config.head_size, 2 * rank)
+        self._build_slot_head()
         for module in (self.slot_gate, self.slot_query, self.token_key):
             self._init_weights(module)
         with torch.no_grad():

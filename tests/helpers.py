@@ -20,19 +20,15 @@ def synthetic_specs(n: int = 240):
     return [zh, en]
 
 
-def train_tiny(tokenizer, steps: int = 260, seed: int = 0, lr: float = 3e-3):
-    from tests.conftest import tiny_model
-
-    torch.manual_seed(seed)
-    model = tiny_model(tokenizer, seed=seed)
-    specs = synthetic_specs()
+def fit_tiny(model, epoch_items, collate_items, steps: int, seed: int, lr: float):
+    """Train ``model`` for ``steps`` AdamW steps over ``epoch_items(epoch)``'s length-bucketed batches."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     step, epoch = 0, 0
     while step < steps:
-        items, _ = encode_examples(build_examples(specs, seed, epoch), tokenizer, 128, model.config.max_span_width)
+        items = epoch_items(epoch)
         for batch_ids in make_batches(items, 16, 4096, seed, epoch):
-            out = model(**collate([items[i] for i in batch_ids], tokenizer))
+            out = model(**collate_items([items[i] for i in batch_ids]))
             out["loss"].backward()
             opt.step()
             opt.zero_grad()
@@ -41,6 +37,19 @@ def train_tiny(tokenizer, steps: int = 260, seed: int = 0, lr: float = 3e-3):
                 break
         epoch += 1
     return model.eval()
+
+
+def train_tiny(tokenizer, steps: int = 260, seed: int = 0, lr: float = 3e-3):
+    from tests.conftest import tiny_model
+
+    torch.manual_seed(seed)
+    model = tiny_model(tokenizer, seed=seed)
+    specs = synthetic_specs()
+
+    def epoch_items(epoch):
+        return encode_examples(build_examples(specs, seed, epoch), tokenizer, 128, model.config.max_span_width)[0]
+
+    return fit_tiny(model, epoch_items, lambda items: collate(items, tokenizer), steps, seed, lr)
 
 
 class FakeBackend:
@@ -101,19 +110,9 @@ def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-
     model, marked = tiny_slot_model(tokenizer, seed=seed)
     prompts = PromptTokenizer(marked, model.config.slots)
     specs = synthetic_specs()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    step, epoch = 0, 0
-    while step < steps:
+
+    def epoch_items(epoch):
         examples = build_slot_examples(specs, seed, epoch, SlotRecipe(drop=0.3, instruction=0.2))
-        items, _ = encode_slot_examples(examples, prompts, 128, model.config.max_span_width)
-        for batch_ids in make_batches(items, 16, 4096, seed, epoch):
-            out = model(**collate_slots([items[i] for i in batch_ids], marked))
-            out["loss"].backward()
-            opt.step()
-            opt.zero_grad()
-            step += 1
-            if step >= steps:
-                break
-        epoch += 1
-    return model.eval(), marked
+        return encode_slot_examples(examples, prompts, 128, model.config.max_span_width)[0]
+
+    return fit_tiny(model, epoch_items, lambda items: collate_slots(items, marked), steps, seed, lr), marked

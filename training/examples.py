@@ -95,6 +95,17 @@ def re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_type: 
     return out
 
 
+def _dataset_labels(spec: DatasetSpec) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """A dataset's entity types, predicates, and predicates per subject type (the ones a schema would ask)."""
+    all_types = sorted({e.type for r in spec.records for e in r.entities})
+    all_predicates = sorted({rel.predicate for r in spec.records for rel in r.relations})
+    by_type: dict[str, set] = defaultdict(set)
+    for r in spec.records:
+        for rel in r.relations:
+            by_type[rel.subject.type].add(rel.predicate)
+    return all_types, all_predicates, {t: sorted(p) for t, p in by_type.items()}
+
+
 def build_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0) -> list[Example]:
     """All examples of one epoch, deduplicated on (instruction, text) and shuffled."""
     merged: dict[tuple[str, str], Example] = {}
@@ -103,13 +114,7 @@ def build_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0) -> list[
             spec.load()
         tmpl = templates(spec.language)
         rng = _rng(seed, spec.name, epoch)
-        all_types = sorted({e.type for r in spec.records for e in r.entities})
-        all_predicates = sorted({rel.predicate for r in spec.records for rel in r.relations})
-        by_type: dict[str, set] = defaultdict(set)
-        for r in spec.records:
-            for rel in r.relations:
-                by_type[rel.subject.type].add(rel.predicate)
-        predicates_by_type = {t: sorted(p) for t, p in by_type.items()}
+        all_types, all_predicates, predicates_by_type = _dataset_labels(spec)
         for record in _sample_records(spec.records, spec.weight, rng):
             examples = []
             if "ner" in spec.tasks and all_types:
@@ -256,15 +261,9 @@ def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
     for spec in specs:
         tmpl = templates(spec.language)
         rng = _rng(seed, spec.name, epoch, "slots")
-        all_types = sorted({e.type for r in spec.records for e in r.entities})
+        all_types, all_predicates, predicates_by_type = _dataset_labels(spec)
         foreign = [t for t, names in pool.get(spec.language, []) if spec.name not in names
                    and _unrelated(t, all_types, spec.language)]
-        all_predicates = sorted({rel.predicate for r in spec.records for rel in r.relations})
-        by_type: dict[str, set] = defaultdict(set)
-        for r in spec.records:
-            for rel in r.relations:
-                by_type[rel.subject.type].add(rel.predicate)
-        predicates_by_type = {t: sorted(p) for t, p in by_type.items()}
         for record in _sample_records(spec.records, spec.weight, rng):
             if "ner" in spec.tasks and all_types:
                 out += slot_ner_examples(record, tmpl, all_types, foreign, recipe, rng, spec.name)

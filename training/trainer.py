@@ -142,6 +142,30 @@ class Encoded:
         return len(self.instruction) + len(self.text) + 3
 
 
+def _gold_tokens(tokens: TextTokens, spans, max_width: int, stats: dict) -> list[tuple[int, int]]:
+    """Gold character spans as (first, last) token indices; spans no token boundary or the width reaches are
+    counted as unreachable and left out."""
+    golds = []
+    for s, e in spans:
+        stats["gold"] += 1
+        m = char_span_to_tokens(tokens, s, e)
+        if m is None or m[1] - m[0] >= max_width:
+            stats["unreachable"] += 1
+        else:
+            golds.append(m)
+    return golds
+
+
+def _windows(text: str, tokens: TextTokens, budget: int, stats: dict) -> list[tuple[int, int]]:
+    windows = plan_windows(text, tokens, budget) if budget > 0 else []
+    stats["windows"] += max(0, len(windows) - 1)
+    return windows
+
+
+def _in_window(golds: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(a - lo, b - lo) for a, b in golds if lo <= a and b < hi]
+
+
 def encode_examples(examples: list[Example], tokenizer: HugieTokenizer, max_length: int,
                     max_width: int) -> tuple[list[Encoded], dict]:
     """Tokenize; long texts become windows (gold spans kept where they lie inside)."""
@@ -152,20 +176,9 @@ def encode_examples(examples: list[Example], tokenizer: HugieTokenizer, max_leng
     out, stats = [], {"examples": len(examples), "units": 0, "gold": 0, "unreachable": 0, "windows": 0}
     for ex in examples:
         ins, tt = itok[ex.instruction], ttok[ex.text]
-        golds = []
-        for s, e in ex.spans:
-            stats["gold"] += 1
-            m = char_span_to_tokens(tt, s, e)
-            if m is None or m[1] - m[0] >= max_width:
-                stats["unreachable"] += 1
-            else:
-                golds.append(m)
-        budget = max_length - len(ins) - 3
-        windows = plan_windows(ex.text, tt, budget) if budget > 0 else []
-        stats["windows"] += max(0, len(windows) - 1)
-        for lo, hi in windows:
-            gold = [(a - lo, b - lo) for a, b in golds if lo <= a and b < hi]
-            out.append(Encoded(ins, tt.slice(lo, hi), gold))
+        golds = _gold_tokens(tt, ex.spans, max_width, stats)
+        for lo, hi in _windows(ex.text, tt, max_length - len(ins) - 3, stats):
+            out.append(Encoded(ins, tt.slice(lo, hi), _in_window(golds, lo, hi)))
     stats["units"] = len(out)
     return out, stats
 
@@ -197,24 +210,10 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
         keep = prompts.pack(len(words[ex.prefix]) if ex.prefix else 0, lengths)[0]
         prompt, markers = prompts.encode(Prompt(ex.kind, tuple(ex.slots[i] for i in keep), ex.prefix), words)
         tt = ttok[ex.text]
-        golds = []
-        for i in keep:
-            slot_gold = []
-            for s, e in ex.spans[i]:
-                stats["gold"] += 1
-                m = char_span_to_tokens(tt, s, e)
-                if m is None or m[1] - m[0] >= max_width:
-                    stats["unreachable"] += 1
-                else:
-                    slot_gold.append(m)
-            golds.append(slot_gold)
+        golds = [_gold_tokens(tt, ex.spans[i], max_width, stats) for i in keep]
         stats["slots"] += len(keep)
-        budget = max_length - len(prompt) - 3
-        windows = plan_windows(ex.text, tt, budget) if budget > 0 else []
-        stats["windows"] += max(0, len(windows) - 1)
-        for lo, hi in windows:
-            gold = [[(a - lo, b - lo) for a, b in g if lo <= a and b < hi] for g in golds]
-            out.append(SlotEncoded(prompt, markers, tt.slice(lo, hi), gold))
+        for lo, hi in _windows(ex.text, tt, max_length - len(prompt) - 3, stats):
+            out.append(SlotEncoded(prompt, markers, tt.slice(lo, hi), [_in_window(g, lo, hi) for g in golds]))
     stats["units"] = len(out)
     return out, stats
 
