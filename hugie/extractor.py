@@ -494,8 +494,7 @@ class Extractor:
         tokens = self._check_asks(asks)
         groups: dict[tuple, dict[str, list[int]]] = {}
         for index, (ask, text) in enumerate(zip(asks, texts)):
-            key = (text, ask.kind, ask.prefix) if self.prompts else (text, ask.kind, ask.words)
-            groups.setdefault(key, {}).setdefault(ask.words, []).append(index)
+            groups.setdefault((text, ask.kind, ask.prefix), {}).setdefault(ask.words, []).append(index)
         rows = []
         for (text, kind, prefix), by_words in groups.items():
             if not self.prompts:
