@@ -31,9 +31,10 @@ def has_torch_weights(directory: str | os.PathLike) -> bool:
 ARCHITECTURES = ("instruction", "slots")
 
 #: A slot model's prompt settings: marker tokens (vocabulary entries no text can produce), at most
-#: ``max_slots`` prompts and ``max_prompt_tokens`` prompt tokens per row, and the rank of its slot × token biases.
+#: ``max_slots`` prompts, ``max_prompt_tokens`` prompt tokens and ``max_subjects`` relation subjects per row
+#: (1: one subject per pass), and the rank of its slot × token biases.
 SLOT_DEFAULTS = {"markers": {"entity": "[E]", "relation": "[R]"}, "max_slots": 16, "max_prompt_tokens": 128,
-                 "rank": 32}
+                 "max_subjects": 1, "rank": 32}
 
 
 @dataclass

@@ -490,23 +490,26 @@ class Extractor:
     # ------------------------------------------------------------------ model calls
     def _rows(self, asks: Sequence[Ask], texts: Sequence[str]) -> list[_Row]:
         """Passes for the asks ``asks[i]`` over ``texts[i]``: one per instruction; a slot model's asks of one text
-        (and one subject) share passes of up to ``max_slots`` slots and ``max_prompt_tokens`` prompt tokens."""
+        share passes of up to ``max_slots`` slots, ``max_prompt_tokens`` prompt tokens and ``max_subjects`` subjects
+        (relation slots behind their subject's cue)."""
         tokens = self._check_asks(asks)
-        groups: dict[tuple, dict[str, list[int]]] = {}
+        groups: dict[tuple, dict[tuple[str, str], list[int]]] = {}
         for index, (ask, text) in enumerate(zip(asks, texts)):
-            groups.setdefault((text, ask.kind, ask.prefix), {}).setdefault(ask.words, []).append(index)
+            key = (text, ask.kind) if self.prompts else (text, ask.kind, ask.prefix)
+            groups.setdefault(key, {}).setdefault((ask.prefix, ask.words), []).append(index)
         rows = []
-        for (text, kind, prefix), by_words in groups.items():
+        for (text, kind, *_), by_words in groups.items():
             if not self.prompts:
-                for words, indices in by_words.items():
+                for (_, words), indices in by_words.items():
                     rows.append(_Row(text, tokens[words], None, [indices]))
                 continue
-            words = list(by_words)
-            prefix_length = len(tokens[prefix]) if prefix else 0
-            for part in self.prompts.pack(prefix_length, [1 + len(tokens[w]) for w in words]):
-                slots = tuple(words[i] for i in part)
-                prompt, markers = self.prompts.encode(Prompt(kind, slots, prefix), tokens)
-                rows.append(_Row(text, prompt, markers, [by_words[w] for w in slots]))
+            first_seen = {prefix: i for i, (prefix, _) in reversed(list(enumerate(by_words)))}
+            slots = sorted(by_words, key=lambda slot: first_seen[slot[0]])  # each subject's slots together
+            cues = [(prefix, len(tokens[prefix]) if prefix else 0) for prefix, _ in slots]
+            for part in self.prompts.pack([1 + len(tokens[words]) for _, words in slots], cues):
+                prompt, markers = self.prompts.encode(Prompt(kind, tuple(slots[i][1] for i in part),
+                                                             cues=tuple(slots[i][0] for i in part)), tokens)
+                rows.append(_Row(text, prompt, markers, [by_words[slots[i]] for i in part]))
         return rows
 
     def _count_rows(self, asks: Sequence[Ask], text: str) -> int:

@@ -61,8 +61,56 @@ def test_prompt_puts_a_marker_before_each_slot(slot_model):
 def test_prompt_packing_respects_slots_and_tokens(slot_model):
     model, marked = slot_model
     prompts = PromptTokenizer(marked, {**model.config.slots, "max_slots": 3, "max_prompt_tokens": 10})
-    assert prompts.pack(0, [2, 2, 2, 2]) == [[0, 1, 2], [3]]
-    assert prompts.pack(4, [3, 3, 12, 1]) == [[0, 1], [2], [3]]  # a slot over the budget goes alone
+    assert prompts.pack([2, 2, 2, 2]) == [[0, 1, 2], [3]]
+    assert prompts.pack([3, 3, 12, 1], [("【甲】", 4)] * 4) == [[0, 1], [2], [3]]  # a slot over the budget goes alone
+
+
+def test_prompt_packing_holds_at_most_max_subjects(slot_model):
+    model, marked = slot_model
+    cues = [("a", 2), ("a", 2), ("b", 2), ("c", 2)]
+    one = PromptTokenizer(marked, {**model.config.slots, "max_slots": 8, "max_prompt_tokens": 20})
+    assert one.max_subjects == 1  # the default: one subject per row, as the model was trained
+    assert one.pack([2, 2, 2, 2], cues) == [[0, 1], [2], [3]]
+    two = PromptTokenizer(marked, {**model.config.slots, "max_slots": 8, "max_prompt_tokens": 20, "max_subjects": 2})
+    assert two.pack([2, 2, 2, 2], cues) == [[0, 1, 2], [3]]
+    tight = PromptTokenizer(marked, {**model.config.slots, "max_slots": 8, "max_prompt_tokens": 9, "max_subjects": 4})
+    assert tight.pack([2, 2, 2, 2], cues) == [[0, 1], [2, 3]]  # "a" 2+2+2 = 6, "b" would make 10: each cue counts
+
+
+def test_prompt_writes_each_subject_cue_before_its_own_slots(slot_model):
+    model, marked = slot_model
+    prompts = PromptTokenizer(marked, {**model.config.slots, "max_subjects": 4})
+    tokens, markers = prompts.encode(Prompt(RELATION, ("出生地", "妻子", "导演"), cues=("【张三】", "【张三】", "【英雄】")))
+    zhang, hero = (marked.tokenize([c])[0].ids for c in ("【张三】", "【英雄】"))
+    assert tokens.ids[: markers[0]] == zhang
+    assert tokens.ids[markers[1] + 1 + len(marked.tokenize(["妻子"])[0].ids): markers[2]] == hero
+    assert tokens.ids.count(prompts.marker_ids[RELATION]) == 3
+
+
+def test_training_rows_can_hold_all_subjects_of_a_text(slot_model):
+    from hugie.training.examples import DatasetSpec, SlotRecipe, build_slot_examples
+    from hugie.training.trainer import encode_slot_examples
+
+    from hugie.data import parse_record
+
+    model, marked = slot_model
+    spec = DatasetSpec("duie", "-", language="zh", tasks=("re",))
+    spec.records = [parse_record({"id": "1", "text": "李四出生于上海，张三出生于北京。", "relations": [
+        {"subject": {"type": "人物", "start": 0, "end": 2}, "predicate": "出生地", "object": {"type": "地点", "start": 5, "end": 7}},
+        {"subject": {"type": "人物", "start": 8, "end": 10}, "predicate": "出生地", "object": {"type": "地点", "start": 13, "end": 15}},
+    ]})]
+    apart = build_slot_examples([spec], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0))
+    assert sorted(e.prefix for e in apart) == ["【张三】", "【李四】"] and not any(e.cues for e in apart)
+    [together] = build_slot_examples([spec], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0, together=1.0))
+    assert sorted(together.cues) == ["【张三】", "【李四】"] and together.slots == ("出生地", "出生地")
+    gold = dict(zip(together.cues, together.spans))
+    assert gold == {"【李四】": ((5, 7),), "【张三】": ((13, 15),)}
+    prompts = PromptTokenizer(marked, {**model.config.slots, "max_subjects": 4})
+    [row], stats = encode_slot_examples([together], prompts, max_length=64, max_width=8)
+    assert len(row.markers) == 2 and stats["gold"] == 2
+    assert row.prompt.ids[: row.markers[0]] == marked.tokenize([together.cues[0]])[0].ids
+    [first_only], _ = encode_slot_examples([together], PromptTokenizer(marked, model.config.slots), 64, 8)
+    assert len(first_only.markers) == 1  # a one-subject model keeps the first subject's slots
 
 
 def test_a_fresh_slot_head_scores_every_slot_as_the_one_slot_head(tiny_tokenizer):
@@ -154,6 +202,22 @@ def test_a_relation_schema_costs_one_pass_plus_one_per_subject(trained_slots):
     assert "李四" in subjects
     assert stats["passes"] == 1 + len(subjects)  # every subject's five predicates in one pass
     assert ("李四", "出生地", "上海") in {(r.subject.text, r.predicate, r.object.text) for r in result.relations}
+
+
+def test_subjects_share_a_pass_up_to_max_subjects(trained_slot_model_dir):
+    ex = Extractor.load(trained_slot_model_dir, backend="torch", device="cpu")
+    request = {"text": "李四出生于上海，张三出生于北京。",
+               "schema": {"relations": [{"subject": "人名", "predicate": p} for p in ("出生地", "公司")]}}
+    stats = {}
+    apart = ex.run([request], stats=stats)[0]
+    subjects = {e.text for e in apart.entities if e.type == "人名"}
+    assert len(subjects) >= 2 and stats["passes"] == 1 + len(subjects)
+    ex.prompts.max_subjects = 8
+    calls = counting(ex)
+    together = ex.run([request], stats=stats)[0]
+    assert stats["passes"] == 2 and calls.calls == [1, 1]
+    assert {r.subject.text for r in together.relations} <= subjects
+    assert together.entities == apart.entities
 
 
 def test_more_types_than_slots_split_into_passes_and_all_are_answered(trained_slot_model_dir):

@@ -164,6 +164,7 @@ class SlotExample:
     spans: tuple[tuple[tuple[int, int], ...], ...]  # per slot: gold character spans, end exclusive
     task: str
     dataset: str
+    cues: tuple[str, ...] = ()  # several subjects in one row: each slot's subject cue (hugie.prompts.Prompt)
 
 
 @dataclass
@@ -172,7 +173,9 @@ class SlotRecipe:
     (so no slot relies on the others), shuffled, and with probability ``foreign`` a type of another NER dataset
     of the language that shares no character with this dataset's types (a crude guard against synonyms, which
     would be false negatives), so slot names are read, not recalled.
-    RE: one subject with its gold predicates and up to ``re_negatives`` other predicates of its subject type.
+    RE: one subject with its gold predicates and up to ``re_negatives`` other predicates of its subject type; with
+    probability ``together`` all subjects of a text share one row, each cue before its own slots (negatives split
+    between them), for models that read several subjects per pass (``slots.max_subjects``).
     With probability ``instruction`` an example is one slot holding a whole instruction (the HugIE template),
     so free-form instructions keep working."""
 
@@ -182,6 +185,7 @@ class SlotRecipe:
     foreign: float = 0.1
     re_negatives: int = 8
     instruction: float = 0.1
+    together: float = 0.0
 
 
 def _foreign_pool(specs: list[DatasetSpec]) -> dict[str, list[tuple[str, set]]]:
@@ -231,13 +235,14 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
         key = (rel.subject.start, rel.subject.end, rel.subject.text)
         subject_types[key] = rel.subject.type
         objects[key][rel.predicate].add((rel.object.start, rel.object.end))
+    subjects = sorted(objects.items())
+    if recipe.together and len(subjects) > 1 and rng.random() < recipe.together:
+        return [_subjects_together(record, tmpl, subjects, subject_types, predicates_by_type, all_predicates,
+                                   recipe, rng, dataset)]
     out = []
-    for subject, gold in sorted(objects.items()):
-        pool = [p for p in predicates_by_type.get(subject_types[subject], all_predicates) if p not in gold]
-        negatives = rng.sample(pool, min(len(pool), recipe.re_negatives))
-        slots = [p for p in gold if rng.random() >= recipe.drop / 2] or [rng.choice(sorted(gold))]
-        slots = (slots + negatives)[: recipe.max_slots]
-        rng.shuffle(slots)
+    for subject, gold in subjects:
+        slots = _subject_slots(gold, subject_types[subject], predicates_by_type, all_predicates,
+                               recipe.re_negatives, recipe, rng)
         if rng.random() < recipe.instruction:
             p = rng.choice(slots)
             out.append(SlotExample("entity", "", (tmpl.for_relation(subject[2], p),), record.text,
@@ -247,6 +252,36 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
         out.append(SlotExample("relation", subject_cue(subject[2], tmpl.language), tuple(slots), record.text,
                                spans, "re", dataset))
     return out
+
+
+def _subject_slots(gold: dict[str, set], subject_type: str, predicates_by_type: dict[str, list[str]],
+                   all_predicates: list[str], negatives: int, recipe: SlotRecipe, rng: random.Random) -> list[str]:
+    """One subject's slots: its gold predicates (a few dropped) and up to ``negatives`` others of its type, shuffled."""
+    pool = [p for p in predicates_by_type.get(subject_type, all_predicates) if p not in gold]
+    sampled = rng.sample(pool, min(len(pool), negatives))
+    slots = [p for p in gold if rng.random() >= recipe.drop / 2] or [rng.choice(sorted(gold))]
+    slots = (slots + sampled)[: recipe.max_slots]
+    rng.shuffle(slots)
+    return slots
+
+
+def _subjects_together(record: Record, tmpl: InstructionTemplates, subjects: list, subject_types: dict,
+                       predicates_by_type: dict[str, list[str]], all_predicates: list[str], recipe: SlotRecipe,
+                       rng: random.Random, dataset: str) -> SlotExample:
+    """All subjects of a text in one row, in random order, each cue before its own slots (the trainer keeps what
+    fits the prompt budget)."""
+    from hugie.prompts import subject_cue
+
+    rng.shuffle(subjects)
+    negatives = max(1, recipe.re_negatives // len(subjects))
+    slots, cues, spans = [], [], []
+    for subject, gold in subjects:
+        for p in _subject_slots(gold, subject_types[subject], predicates_by_type, all_predicates, negatives,
+                                recipe, rng):
+            slots.append(p)
+            cues.append(subject_cue(subject[2], tmpl.language))
+            spans.append(tuple(sorted(gold.get(p, ()))))
+    return SlotExample("relation", "", tuple(slots), record.text, tuple(spans), "re", dataset, tuple(cues))
 
 
 def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,

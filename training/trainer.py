@@ -92,7 +92,7 @@ class TrainConfig:
     eval: list[dict] = field(default_factory=list)
     root: str = "."
     architecture: str = "instruction"  # "slots": K prompts per row (hugie.prompts), one pass per schema
-    slots: dict | None = None  # slot models: max_slots, max_prompt_tokens, rank (hugie.configuration.SLOT_DEFAULTS)
+    slots: dict | None = None  # slot models: max_slots, max_prompt_tokens, max_subjects, rank (SLOT_DEFAULTS)
     slot_recipe: dict | None = None  # how slot examples are drawn (training.examples.SlotRecipe)
     precision: str = "fp32"  # "bf16": forward under bfloat16 autocast (fp32 weights and loss); 1.8x a step on AMX
 
@@ -201,14 +201,16 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
     budget are dropped, long texts become windows."""
     from hugie.prompts import Prompt
 
-    words = prompts.words([w for e in examples for w in (e.prefix, *e.slots)])
+    words = prompts.words([w for e in examples for w in (e.prefix, *e.cues, *e.slots)])
     texts = list(dict.fromkeys(e.text for e in examples))
     ttok = dict(zip(texts, prompts.tokenizer.tokenize(texts)))
     out, stats = [], {"examples": len(examples), "units": 0, "slots": 0, "gold": 0, "unreachable": 0, "windows": 0}
     for ex in examples:
         lengths = [prompts.slot_length(words[w]) for w in ex.slots]
-        keep = prompts.pack(len(words[ex.prefix]) if ex.prefix else 0, lengths)[0]
-        prompt, markers = prompts.encode(Prompt(ex.kind, tuple(ex.slots[i] for i in keep), ex.prefix), words)
+        cues = ex.cues or (ex.prefix,) * len(ex.slots)
+        keep = prompts.pack(lengths, [(c, len(words[c]) if c else 0) for c in cues])[0]
+        prompt, markers = prompts.encode(Prompt(ex.kind, tuple(ex.slots[i] for i in keep),
+                                                cues=tuple(cues[i] for i in keep)), words)
         tt = ttok[ex.text]
         golds = [_gold_tokens(tt, ex.spans[i], max_width, stats) for i in keep]
         stats["slots"] += len(keep)
@@ -388,10 +390,13 @@ class Trainer:
         self.log_every = max(1, int(os.environ.get("HUGIE_LOG_EVERY", "20") or 20))
 
     def _add_slots(self, cfg: TrainConfig) -> None:
-        """Give a one-slot starting model its marker tokens and slot head (a slot model is used as it is)."""
+        """Give a one-slot starting model its marker tokens and slot head; a slot model keeps its head and takes the
+        config's packing limits (max_slots, max_prompt_tokens, max_subjects)."""
         from hugie.configuration import SLOT_DEFAULTS
 
         if self.model.config.slotted:
+            limits = ("max_slots", "max_prompt_tokens", "max_subjects")
+            self.model.config.slots.update({k: v for k, v in (cfg.slots or {}).items() if k in limits})
             return
         settings = {**SLOT_DEFAULTS, **(cfg.slots or {})}
         self.tokenizer = self.tokenizer.with_markers(list(settings["markers"].values()))
