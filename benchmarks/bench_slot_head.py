@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
+from bench_latency import timed
 from bench_slots import DATA, texts_near
 
 from hugie.extractor import Extractor
@@ -22,16 +22,6 @@ from hugie.scoring import logit
 
 TYPES = ["地址", "书名", "公司", "游戏", "政府", "电影", "人名", "组织机构", "职位", "景点",
          "时间", "产品", "品牌", "事件", "作品", "学校"]
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -54,8 +44,8 @@ def main() -> None:
         timings = {}
         for k in (1, len(TYPES)):
             batch = ex.tokenizer.build_batch(pairs, markers=[markers[:k]] * len(pairs))
-            timings[k] = median_ms(lambda b=batch: ex.backend.score(b, threshold, ex.config.max_span_width),
-                                   args.repeats)
+            score = lambda b=batch: ex.backend.score(b, threshold, ex.config.max_span_width)  # noqa: E731
+            timings[k] = statistics.median(timed(score, args.repeats, warmup=1))
         one, many = timings[1], timings[len(TYPES)]
         print(f"| {batch_size} | {len(prompt) + len(pairs[0][1]) + 3} | {one:.2f} | {many:.2f} | "
               f"+{(many - one) / one * 100:.0f} % |")

@@ -495,16 +495,15 @@ class Extractor:
         tokens = self._check_asks(asks)
         groups: dict[tuple, dict[tuple[str, str], list[int]]] = {}
         for index, (ask, text) in enumerate(zip(asks, texts)):
-            key = (text, ask.kind) if self.prompts else (text, ask.kind, ask.prefix)
-            groups.setdefault(key, {}).setdefault((ask.prefix, ask.words), []).append(index)
+            groups.setdefault((text, ask.kind), {}).setdefault((ask.prefix, ask.words), []).append(index)
         rows = []
-        for (text, kind, *_), by_words in groups.items():
+        for (text, kind), by_words in groups.items():
             if not self.prompts:
                 for (_, words), indices in by_words.items():
                     rows.append(_Row(text, tokens[words], None, [indices]))
                 continue
-            first_seen = {prefix: i for i, (prefix, _) in reversed(list(enumerate(by_words)))}
-            slots = sorted(by_words, key=lambda slot: first_seen[slot[0]])  # each subject's slots together
+            subjects = {prefix: i for i, prefix in enumerate(dict.fromkeys(prefix for prefix, _ in by_words))}
+            slots = sorted(by_words, key=lambda slot: subjects[slot[0]])  # each subject's slots together
             cues = [(prefix, len(tokens[prefix]) if prefix else 0) for prefix, _ in slots]
             for part in self.prompts.pack([1 + len(tokens[words]) for _, words in slots], cues):
                 prompt, markers = self.prompts.encode(Prompt(kind, tuple(slots[i][1] for i in part),

@@ -207,7 +207,7 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
     out, stats = [], {"examples": len(examples), "units": 0, "slots": 0, "gold": 0, "unreachable": 0, "windows": 0}
     for ex in examples:
         lengths = [prompts.slot_length(words[w]) for w in ex.slots]
-        cues = ex.cues or (ex.prefix,) * len(ex.slots)
+        cues = Prompt(ex.kind, ex.slots, ex.prefix, ex.cues).slot_cues()
         keep = prompts.pack(lengths, [(c, len(words[c]) if c else 0) for c in cues])[0]
         prompt, markers = prompts.encode(Prompt(ex.kind, tuple(ex.slots[i] for i in keep),
                                                 cues=tuple(cues[i] for i in keep)), words)
