@@ -325,3 +325,23 @@ def test_int8_export_quantizes_weights_only(trained_slot_model_dir, tmp_path):
     ex = Extractor.load(out)
     found = ex.extract_entities("昨天张三在北京开会。", ["人名", "地名"])
     assert [s.text for s in found["人名"]] == ["张三"] and [s.text for s in found["地名"]] == ["北京"]
+
+
+def test_idle_subjects_get_rows_without_answers():
+    from hugie.training.examples import DatasetSpec, SlotRecipe, build_slot_examples
+
+    from hugie.data import parse_record
+
+    spec = DatasetSpec("conll04", "-", language="zh", tasks=("re",))
+    spec.records = [parse_record({"id": "1", "text": "李四出生于上海，王五也在。", "entities": [
+        {"type": "人物", "start": 0, "end": 2}, {"type": "地点", "start": 5, "end": 7},
+        {"type": "人物", "start": 8, "end": 10}], "relations": [
+        {"subject": {"type": "人物", "start": 0, "end": 2}, "predicate": "出生地", "object": {"type": "地点", "start": 5, "end": 7}},
+    ]}), parse_record({"id": "2", "text": "王五在家。", "entities": [{"type": "人物", "start": 0, "end": 2}]})]
+    plain = build_slot_examples([spec], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0))
+    assert [e.prefix for e in plain] == ["【李四】"]  # by default only subjects with relations get rows
+    rows = build_slot_examples([spec], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0, idle_subjects=1.0))
+    idle = [e for e in rows if e.prefix == "【王五】"]
+    assert len(idle) == 2 and {e.text for e in idle} == {"李四出生于上海，王五也在。", "王五在家。"}
+    assert all(e.kind == "relation" and e.slots == ("出生地",) and e.spans == ((),) for e in idle)
+    assert not any(e.prefix == "【上海】" for e in rows)  # an object, and of a type that is no subject

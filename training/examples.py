@@ -175,7 +175,10 @@ class SlotRecipe:
     would be false negatives), so slot names are read, not recalled.
     RE: one subject with its gold predicates and up to ``re_negatives`` other predicates of its subject type; with
     probability ``together`` all subjects of a text share one row, each cue before its own slots (negatives split
-    between them), for models that read several subjects per pass (``slots.max_subjects``).
+    between them), for models that read several subjects per pass (``slots.max_subjects``). With probability
+    ``idle_subjects``, an entity of a subject type that is in no relation of its text (one a schema finds and
+    asks about) gets a row of its type's predicates, all without answer, so a subject with nothing to say
+    learns to answer nothing (datasets whose entities are all relation arguments have none).
     With probability ``instruction`` an example is one slot holding a whole instruction (the HugIE template),
     so free-form instructions keep working."""
 
@@ -186,6 +189,7 @@ class SlotRecipe:
     re_negatives: int = 8
     instruction: float = 0.1
     together: float = 0.0
+    idle_subjects: float = 0.0
 
 
 def _foreign_pool(specs: list[DatasetSpec]) -> dict[str, list[tuple[str, set]]]:
@@ -236,10 +240,12 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
         subject_types[key] = rel.subject.type
         objects[key][rel.predicate].add((rel.object.start, rel.object.end))
     subjects = sorted(objects.items())
+    out = _idle_subject_rows(record, tmpl, predicates_by_type, recipe, rng, dataset)
+    if not subjects:
+        return out
     if recipe.together and len(subjects) > 1 and rng.random() < recipe.together:
-        return [_subjects_together(record, tmpl, subjects, subject_types, predicates_by_type, all_predicates,
-                                   recipe, rng, dataset)]
-    out = []
+        return out + [_subjects_together(record, tmpl, subjects, subject_types, predicates_by_type, all_predicates,
+                                         recipe, rng, dataset)]
     for subject, gold in subjects:
         slots = _subject_slots(gold, subject_types[subject], predicates_by_type, all_predicates,
                                recipe.re_negatives, recipe, rng)
@@ -251,6 +257,26 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
         spans = tuple(tuple(sorted(gold.get(p, ()))) for p in slots)
         out.append(SlotExample("relation", subject_cue(subject[2], tmpl.language), tuple(slots), record.text,
                                spans, "re", dataset))
+    return out
+
+
+def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by_type: dict[str, list[str]],
+                       recipe: SlotRecipe, rng: random.Random, dataset: str) -> list[SlotExample]:
+    """Rows for entities of a subject type that are no argument of any relation of ``record``: their type's
+    predicates (up to ``re_negatives`` + 1, shuffled), all without answer; each with probability ``idle_subjects``."""
+    from hugie.prompts import subject_cue
+
+    if not recipe.idle_subjects:
+        return []
+    arguments = {(x.start, x.end) for rel in record.relations for x in (rel.subject, rel.object)}
+    out = []
+    for ent in record.entities:
+        pool = predicates_by_type.get(ent.type)
+        if not pool or (ent.start, ent.end) in arguments or rng.random() >= recipe.idle_subjects:
+            continue
+        slots = rng.sample(pool, min(len(pool), recipe.re_negatives + 1, recipe.max_slots))
+        out.append(SlotExample("relation", subject_cue(ent.text, tmpl.language), tuple(slots), record.text,
+                               tuple(() for _ in slots), "re", dataset))
     return out
 
 
@@ -302,7 +328,7 @@ def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
         for record in _sample_records(spec.records, spec.weight, rng):
             if "ner" in spec.tasks and all_types:
                 out += slot_ner_examples(record, tmpl, all_types, foreign, recipe, rng, spec.name)
-            if "re" in spec.tasks and record.relations:
+            if "re" in spec.tasks and (record.relations or recipe.idle_subjects):
                 out += slot_re_examples(record, tmpl, predicates_by_type, all_predicates, recipe, rng, spec.name)
     _rng(seed, "shuffle", epoch, "slots").shuffle(out)
     return out
