@@ -258,7 +258,8 @@ def test_entity_types_are_highlighted_with_their_type_and_score(driver, server):
         for span in spans:
             _check_highlight(driver, text, span, kind)
     mark = driver.find_element(By.CSS_SELECTOR, "#doc mark[data-start='9'][data-type='人名']")
-    assert mark.get_attribute("data-label").startswith("人名 0.")
+    score = next(s["score"] for s in people if s["start"] == 9)
+    assert mark.get_attribute("data-label") == f"人名 {score:.2f}"
 
 
 @browser
