@@ -1,6 +1,6 @@
 """What the slot head and span scoring cost next to the encoder: the same rows scored with 1 and with K slots.
 
-Each row is ``<s> [E] w1 … [E] wK </s> TEXT </s>`` with K = 16 types over a ~100-character CLUENER dev text. The
+Each row is ``<s> [E] w1 … [E] wK </s> TEXT </s>`` with K = 16 types over a CLUENER dev text (~50 characters). The
 input tokens are identical in both runs; only the slots read out differ (all K markers, or the first alone), so the
 difference is the head's per-slot work (gates, biases, span scoring and decoding) at K against K = 1. Usage:
 

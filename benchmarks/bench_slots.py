@@ -1,7 +1,8 @@
 """One pass per schema against one pass per prompt: latency of two models side by side, as ratios in one run.
 
 Three cases, each on the same texts for both models, rounds interleaved so both see the same machine:
-* ``entities``: ``extract_entities`` with CLUENER's 10 types on one ~100-character CLUENER dev text;
+* ``entities``: ``extract_entities`` with CLUENER's 10 types on one CLUENER dev text (~50 characters, CLUENER's
+  longest);
 * ``schema``: a DuIE-style schema of 5 relations (subject 人物) on one DuIE 1 dev text of ~100 characters;
 * ``instruction``: one free-form instruction on the same CLUENER text.
 It also reports the encoder passes each model ran per request. Usage:
@@ -67,7 +68,7 @@ def main() -> None:
             for name, ex in models.items():
                 results[case][name]["ms"] += timed(lambda t, ex=ex, case=case: ex.run([_request(case, t)]), texts)
     base = next(iter(models))
-    print(f"texts: {args.texts} per case (CLUENER / DuIE 1 dev, ~100 characters), {args.rounds} rounds")
+    print(f"texts: {args.texts} per case (CLUENER dev ~50, DuIE 1 dev ~100 characters), {args.rounds} rounds")
     print("| case | model | passes / request | median ms | p90 ms | speed-up vs " + base + " |")
     print("|---|---|---:|---:|---:|---:|")
     for case, per_model in results.items():

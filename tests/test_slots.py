@@ -345,3 +345,32 @@ def test_idle_subjects_get_rows_without_answers():
     assert len(idle) == 2 and {e.text for e in idle} == {"李四出生于上海，王五也在。", "王五在家。"}
     assert all(e.kind == "relation" and e.slots == ("出生地",) and e.spans == ((),) for e in idle)
     assert not any(e.prefix == "【上海】" for e in rows)  # an object, and of a type that is no subject
+
+
+def test_subjects_share_rows_as_a_several_subject_model_packs_them():
+    from hugie.training.examples import DatasetSpec, SlotRecipe, build_slot_examples
+
+    from hugie.data import parse_record
+
+    spec = DatasetSpec("duie", "-", language="zh", tasks=("re",))
+    spec.records = [parse_record({"id": "1", "text": "李四出生于上海，张三出生于北京，王五也在。", "entities": [
+        {"type": "人物", "start": 16, "end": 18}], "relations": [
+        {"subject": {"type": "人物", "start": 0, "end": 2}, "predicate": "出生地", "object": {"type": "地点", "start": 5, "end": 7}},
+        {"subject": {"type": "人物", "start": 8, "end": 10}, "predicate": "出生地", "object": {"type": "地点", "start": 13, "end": 15}},
+        {"subject": {"type": "人物", "start": 8, "end": 10}, "predicate": "国籍", "object": {"type": "国家", "start": 13, "end": 15}},
+        {"subject": {"type": "国家", "start": 13, "end": 15}, "predicate": "首都", "object": {"type": "地点", "start": 5, "end": 7}},
+        {"subject": {"type": "人物", "start": 0, "end": 2}, "predicate": "朋友", "object": {"type": "人物", "start": 16, "end": 18}},
+    ]})]
+    recipe = dict(drop=0.0, instruction=0.0, idle_subjects=1.0, subjects_per_row=2, max_slots=4, object_subjects=1.0)
+    for seed in range(5):
+        rows = build_slot_examples([spec], seed=seed, recipe=SlotRecipe(together=1.0, **recipe))
+        assert all(e.cues and not e.prefix and len(e.slots) <= 4 for e in rows)
+        cues = [list(dict.fromkeys(e.cues)) for e in rows]
+        # each subject once: 北京 (首都), and 王五, an object of a subject type; not 上海, whose type has no predicates
+        assert sorted(c for row in cues for c in row) == ["【北京】", "【张三】", "【李四】", "【王五】"]
+        assert sorted(len(c) for c in cues) in ([2, 2], [1, 1, 2])  # two subjects share a row, one may be left over
+        answers = {(c, p): s for e in rows for c, p, s in zip(e.cues, e.slots, e.spans)}
+        assert answers[("【李四】", "出生地")] == ((5, 7),) and answers[("【张三】", "国籍")] == ((13, 15),)
+        assert not any(s for (c, _), s in answers.items() if c == "【王五】")  # the idle subject answers nothing
+    apart = build_slot_examples([spec], seed=0, recipe=SlotRecipe(together=0.0, **recipe))
+    assert sorted(e.prefix for e in apart) == ["【北京】", "【张三】", "【李四】"] and not any(e.cues for e in apart)

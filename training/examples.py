@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hugie.data import Record, apply_label_map, load_label_map, read_jsonl
@@ -179,6 +179,10 @@ class SlotRecipe:
     ``idle_subjects``, an entity of a subject type that is in no relation of its text (one a schema finds and
     asks about) gets a row of its type's predicates, all without answer, so a subject with nothing to say
     learns to answer nothing (datasets whose entities are all relation arguments have none).
+    With ``subjects_per_row`` above 0 a text's subjects, idle ones included, share rows (with probability
+    ``together``) of 2 to ``subjects_per_row`` subjects, each with its share of the row's ``max_slots`` slots, as a
+    model whose ``slots.max_subjects`` is that many packs the subjects a schema finds; ``object_subjects`` adds
+    objects whose type has predicates of its own (a schema finds them as subjects too, in the same rows).
     With probability ``instruction`` an example is one slot holding a whole instruction (the HugIE template),
     so free-form instructions keep working."""
 
@@ -190,6 +194,8 @@ class SlotRecipe:
     instruction: float = 0.1
     together: float = 0.0
     idle_subjects: float = 0.0
+    subjects_per_row: int = 0
+    object_subjects: float = 0.0
 
 
 def _foreign_pool(specs: list[DatasetSpec]) -> dict[str, list[tuple[str, set]]]:
@@ -240,6 +246,9 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
         subject_types[key] = rel.subject.type
         objects[key][rel.predicate].add((rel.object.start, rel.object.end))
     subjects = sorted(objects.items())
+    if recipe.subjects_per_row:
+        return _subject_groups(record, tmpl, subjects, subject_types, predicates_by_type, all_predicates, recipe,
+                               rng, dataset)
     out = _idle_subject_rows(record, tmpl, predicates_by_type, recipe, rng, dataset)
     if not subjects:
         return out
@@ -260,24 +269,81 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
     return out
 
 
-def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by_type: dict[str, list[str]],
-                       recipe: SlotRecipe, rng: random.Random, dataset: str) -> list[SlotExample]:
-    """Rows for entities of a subject type that are no argument of any relation of ``record``: their type's
-    predicates (up to ``re_negatives`` + 1, shuffled), all without answer; each with probability ``idle_subjects``."""
-    from hugie.prompts import subject_cue
-
+def _idle_subjects(record: Record, predicates_by_type: dict[str, list[str]], recipe: SlotRecipe,
+                   rng: random.Random, draw=None) -> list:
+    """Entities of a subject type that are no argument of any relation of ``record``, each with probability
+    ``idle_subjects`` (``draw(entity)`` runs as each is chosen)."""
     if not recipe.idle_subjects:
         return []
     arguments = {(x.start, x.end) for rel in record.relations for x in (rel.subject, rel.object)}
-    out = []
+    chosen = []
     for ent in record.entities:
-        pool = predicates_by_type.get(ent.type)
-        if not pool or (ent.start, ent.end) in arguments or rng.random() >= recipe.idle_subjects:
-            continue
-        slots = rng.sample(pool, min(len(pool), recipe.re_negatives + 1, recipe.max_slots))
-        out.append(SlotExample("relation", subject_cue(ent.text, tmpl.language), tuple(slots), record.text,
-                               tuple(() for _ in slots), "re", dataset))
-    return out
+        if (predicates_by_type.get(ent.type) and (ent.start, ent.end) not in arguments
+                and rng.random() < recipe.idle_subjects):
+            chosen.append(draw(ent) if draw else ent)
+    return chosen
+
+
+def _idle_row(text: str, subject_type: str, record: Record, tmpl: InstructionTemplates,
+              predicates_by_type: dict[str, list[str]], recipe: SlotRecipe, rng: random.Random,
+              dataset: str) -> SlotExample:
+    """A row for an idle subject: its type's predicates (up to ``re_negatives`` + 1, shuffled), all without answer."""
+    from hugie.prompts import subject_cue
+
+    pool = predicates_by_type[subject_type]
+    slots = rng.sample(pool, min(len(pool), recipe.re_negatives + 1, recipe.max_slots))
+    return SlotExample("relation", subject_cue(text, tmpl.language), tuple(slots), record.text,
+                       tuple(() for _ in slots), "re", dataset)
+
+
+def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by_type: dict[str, list[str]],
+                       recipe: SlotRecipe, rng: random.Random, dataset: str) -> list[SlotExample]:
+    """One :func:`_idle_row` per idle subject (:func:`_idle_subjects`), each drawn as it is chosen."""
+    return _idle_subjects(record, predicates_by_type, recipe, rng, draw=lambda ent: _idle_row(
+        ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset))
+
+
+def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, subject_types: dict,
+                    predicates_by_type: dict[str, list[str]], all_predicates: list[str], recipe: SlotRecipe,
+                    rng: random.Random, dataset: str) -> list[SlotExample]:
+    """``subjects_per_row`` rows: with probability ``together`` the text's subjects (idle ones included, and each
+    object of a subject type with probability ``object_subjects``), in random order, share rows of 2 to
+    ``subjects_per_row`` subjects, each cue before its share of the row's slots; otherwise one row per subject, as
+    without ``subjects_per_row``."""
+    from hugie.prompts import subject_cue
+
+    idle = _idle_subjects(record, predicates_by_type, recipe, rng)
+    everyone = [(key[2], gold, subject_types[key]) for key, gold in subjects]
+    everyone += [(ent.text, {}, ent.type) for ent in idle]
+    if len(everyone) < 2 or rng.random() >= recipe.together:
+        apart = replace(recipe, subjects_per_row=0, idle_subjects=0.0)
+        rows = [_idle_row(ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset) for ent in idle]
+        return rows + slot_re_examples(record, tmpl, predicates_by_type, all_predicates, apart, rng, dataset)
+    named = {text for text, _, _ in everyone}
+    for rel in record.relations if recipe.object_subjects else ():  # a schema finds them and asks them alongside
+        if (rel.object.text not in named and predicates_by_type.get(rel.object.type)
+                and rng.random() < recipe.object_subjects):
+            named.add(rel.object.text)
+            everyone.append((rel.object.text, {}, rel.object.type))
+    rng.shuffle(everyone)
+    rows, start = [], 0
+    while start < len(everyone):
+        group = everyone[start: start + rng.randint(2, max(2, recipe.subjects_per_row))]
+        start += len(group)
+        share = max(1, recipe.max_slots // len(group))
+        slots, cues, spans = [], [], []
+        for text, gold, subject_type in group:
+            if gold:
+                mine = _subject_slots(gold, subject_type, predicates_by_type, all_predicates,
+                                      max(0, share - len(gold)), recipe, rng)
+            else:
+                pool = predicates_by_type.get(subject_type, all_predicates)
+                mine = rng.sample(pool, min(len(pool), share))
+            slots += mine
+            cues += [subject_cue(text, tmpl.language)] * len(mine)
+            spans += [tuple(sorted(gold.get(p, ()))) for p in mine]
+        rows.append(SlotExample("relation", "", tuple(slots), record.text, tuple(spans), "re", dataset, tuple(cues)))
+    return rows
 
 
 def _subject_slots(gold: dict[str, set], subject_type: str, predicates_by_type: dict[str, list[str]],
