@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -270,18 +271,16 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
 
 
 def _idle_subjects(record: Record, predicates_by_type: dict[str, list[str]], recipe: SlotRecipe,
-                   rng: random.Random, draw=None) -> list:
+                   rng: random.Random) -> Iterator:
     """Entities of a subject type that are no argument of any relation of ``record``, each with probability
-    ``idle_subjects`` (``draw(entity)`` runs as each is chosen)."""
+    ``idle_subjects``; lazily, so a caller's own draws for one come before the next is chosen."""
     if not recipe.idle_subjects:
-        return []
+        return
     arguments = {(x.start, x.end) for rel in record.relations for x in (rel.subject, rel.object)}
-    chosen = []
     for ent in record.entities:
         if (predicates_by_type.get(ent.type) and (ent.start, ent.end) not in arguments
                 and rng.random() < recipe.idle_subjects):
-            chosen.append(draw(ent) if draw else ent)
-    return chosen
+            yield ent
 
 
 def _idle_row(text: str, subject_type: str, record: Record, tmpl: InstructionTemplates,
@@ -299,8 +298,8 @@ def _idle_row(text: str, subject_type: str, record: Record, tmpl: InstructionTem
 def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by_type: dict[str, list[str]],
                        recipe: SlotRecipe, rng: random.Random, dataset: str) -> list[SlotExample]:
     """One :func:`_idle_row` per idle subject (:func:`_idle_subjects`), each drawn as it is chosen."""
-    return _idle_subjects(record, predicates_by_type, recipe, rng, draw=lambda ent: _idle_row(
-        ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset))
+    return [_idle_row(ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset)
+            for ent in _idle_subjects(record, predicates_by_type, recipe, rng)]
 
 
 def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, subject_types: dict,
@@ -312,7 +311,7 @@ def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, 
     without ``subjects_per_row``."""
     from hugie.prompts import subject_cue
 
-    idle = _idle_subjects(record, predicates_by_type, recipe, rng)
+    idle = list(_idle_subjects(record, predicates_by_type, recipe, rng))
     everyone = [(key[2], gold, subject_types[key]) for key, gold in subjects]
     everyone += [(ent.text, {}, ent.type) for ent in idle]
     if len(everyone) < 2 or rng.random() >= recipe.together:
