@@ -32,9 +32,10 @@ ARCHITECTURES = ("instruction", "slots")
 
 #: A slot model's prompt settings: marker tokens (vocabulary entries no text can produce), at most
 #: ``max_slots`` prompts, ``max_prompt_tokens`` prompt tokens and ``max_subjects`` relation subjects per row
-#: (1: one subject per pass), and the rank of its slot × token biases.
+#: (1: one subject per pass), the rank of its slot × token biases, and ``reuse_layers``: how many encoder layers of
+#: a relation row's text come from its text's entity pass (0: every row reads its text through every layer).
 SLOT_DEFAULTS = {"markers": {"entity": "[E]", "relation": "[R]"}, "max_slots": 16, "max_prompt_tokens": 128,
-                 "max_subjects": 1, "rank": 32}
+                 "max_subjects": 1, "rank": 32, "reuse_layers": 0}
 
 
 @dataclass
@@ -68,6 +69,11 @@ class HugieConfig:
     def slotted(self) -> bool:
         """Whether one row carries several prompts (slots), each marked by a marker token."""
         return self.architecture == "slots"
+
+    @property
+    def reuse_layers(self) -> int:
+        """Encoder layers a relation row takes from its text's entity pass instead of running them (0: none)."""
+        return int(self.slots.get("reuse_layers", 0)) if self.slotted else 0
 
     @classmethod
     def from_dict(cls, data: dict) -> HugieConfig:

@@ -77,12 +77,23 @@ def _projection(model):
         def forward(self, input_ids, attention_mask, slot_positions, slot_mask):
             return self.model.project(input_ids, attention_mask, slot_positions, slot_mask)
 
+    class ReuseProjection(Projection):
+        def forward(self, input_ids, attention_mask, slot_positions, slot_mask, reused_states, reused_mask):
+            return self.model.project(input_ids, attention_mask, slot_positions, slot_mask, reused_states,
+                                      reused_mask, with_states=True)
+
+    if model.reuse_layers:
+        return ReuseProjection()
     return SlotProjection() if model.config.slotted else Projection()
 
 
-#: graph inputs of an export: every model's, and a slot model's slot markers
+#: graph inputs of an export: every model's, a slot model's slot markers, and a ``reuse_layers`` model's kept text
+#: states (zero positions for rows that read their whole text); such a model also outputs its rows' states
 INPUTS = ("input_ids", "attention_mask")
 SLOT_INPUTS = ("slot_positions", "slot_mask")
+REUSE_INPUTS = ("reused_states", "reused_mask")
+OUTPUTS = ("q", "k", "start_bias", "end_bias")
+REUSE_OUTPUT = "layer_states"
 
 
 def export_onnx(model, path: Path, opset: int = 17) -> Path:
@@ -97,17 +108,27 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
             "q": {0: "batch", 1: "length"}, "k": {0: "batch", 1: "length"},
             "start_bias": {0: "batch", 1: "length"}, "end_bias": {0: "batch", 1: "length"}}
-    args, names = (ids, attn), list(INPUTS)
+    args, names, outputs = (ids, attn), list(INPUTS), list(OUTPUTS)
     if model.config.slotted:  # q [B, K, L, D], biases [B, K, L]
         args += (torch.tensor([[1, 3, 5], [1, 3, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
         names += SLOT_INPUTS
         axes.update({"slot_positions": {0: "batch", 1: "slots"}, "slot_mask": {0: "batch", 1: "slots"},
                      "q": {0: "batch", 1: "slots", 2: "length"}, "start_bias": {0: "batch", 1: "slots", 2: "length"},
                      "end_bias": {0: "batch", 1: "slots", 2: "length"}})
+    if model.reuse_layers:  # outputs span the rows' positions and the reused text's: "positions"
+        reused_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+        args += (torch.randn((2, 4, model.encoder.config.hidden_size)), reused_mask)
+        names += REUSE_INPUTS
+        outputs.append(REUSE_OUTPUT)
+        axes.update({"reused_states": {0: "batch", 1: "text"}, "reused_mask": {0: "batch", 1: "text"},
+                     "q": {0: "batch", 1: "slots", 2: "positions"}, "k": {0: "batch", 1: "positions"},
+                     "start_bias": {0: "batch", 1: "slots", 2: "positions"},
+                     "end_bias": {0: "batch", 1: "slots", 2: "positions"},
+                     REUSE_OUTPUT: {0: "batch", 1: "length"}})
     with torch.no_grad():
         torch.onnx.export(_projection(model).eval(), args, str(path),
                           input_names=names,
-                          output_names=["q", "k", "start_bias", "end_bias"], dynamic_axes=axes,
+                          output_names=outputs, dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return path
 
@@ -313,7 +334,7 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
     config = {**model.config.to_dict(), **decoding}
     config["onnx"] = {"file": ENCODER_FILE, "quantize": quantize, "opset": opset, "fp32_matmuls": fp32_matmuls,
                       "outlier_channels": {str(k): v for k, v in outliers.items()},
-                      "outputs": ["q", "k", "start_bias", "end_bias"],
+                      "outputs": list(OUTPUTS) + ([REUSE_OUTPUT] if model.reuse_layers else []),
                       "span_scorer": "hugie::SpanScore custom op when built (hugie kernels build), else the "
                                      "standard-ONNX banded fallback"}
     (output / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
@@ -328,6 +349,14 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
 _LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output/dense|intermediate/dense|output/dense"
                           r"|attention/self/query|attention/self/key|attention/self/value)"
                           r"|projection|bias_head|slot_gate|slot_query|token_key)/MatMul(?:_quant)?$")
+
+
+def _encoder_scope(name: str) -> str:
+    """A graph node's name with the encoder's module path spelled out: a ``reuse_layers`` model calls its encoder's
+    embeddings and layers itself, so their nodes are named ``/embeddings/...`` and ``/layer.N/...``."""
+    if name.startswith(("/layer.", "/embeddings/")):
+        return ("/encoder/encoder" if name.startswith("/layer.") else "/encoder") + name
+    return name
 
 
 def model_from_export(directory: str | Path):
@@ -352,7 +381,7 @@ def model_from_export(directory: str | Path):
             raise HugieError("E012", path=directory, file=needed.name)
     graph = onnx.load(str(onnx_file)).graph
     weights = {init.name: init for init in graph.initializer}
-    nodes = {node.name: node for node in graph.node}
+    nodes = {_encoder_scope(node.name): node for node in graph.node}
 
     def value(name: str) -> np.ndarray:
         """An initializer as float32; an int8 / uint8 one dequantized with its ``_scale`` and ``_zero_point``."""
@@ -365,6 +394,7 @@ def model_from_export(directory: str | Path):
 
     state: dict[str, np.ndarray] = {}
     for node in graph.node:
+        node.name = _encoder_scope(node.name)
         if node.op_type in ("Attention", "QAttention"):  # fused q, k, v: weight [H, 3H], bias [3H]
             layer = int(node.name.split("_")[1])
             qkv, bias = value(node.input[1]), value(node.input[2])
@@ -386,8 +416,9 @@ def model_from_export(directory: str | Path):
             prefix = m.group(1)
             module = "encoder." + prefix.removeprefix("encoder/").replace("/", ".") if m.group(2) else prefix
             weight = value(node.input[1])
-            split = f"/{prefix}/MatMul"
-            if f"{split}/outlier_index" in weights:  # rows of the outlier channels, kept exact in fp32
+            split = next((name for name in (f"/{prefix}/MatMul", f"/{prefix.removeprefix('encoder/encoder/')}/MatMul")
+                          if f"{name}/outlier_index" in weights), None)
+            if split is not None:  # rows of the outlier channels, kept exact in fp32
                 weight = weight.copy()
                 weight[numpy_helper.to_array(weights[f"{split}/outlier_index"])] = value(f"{split}/outlier_weight")
             state[f"{module}.weight"] = weight.T

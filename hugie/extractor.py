@@ -139,14 +139,21 @@ class _Row:
     prompt: TextTokens
     markers: list[int] | None  # each slot's marker index in the prompt (slot models)
     slot_asks: list[list[int]]  # per slot: the asks it answers (same words asked at several thresholds)
+    kind: str = INSTRUCTION  # ENTITY or RELATION slots (slot models), or one instruction
 
 
 @dataclass
 class _Unit:
-    """One encoder row: a pass restricted to one window of its text."""
+    """One encoder row: a pass restricted to one window (text tokens ``lo`` to ``hi``) of its text."""
 
     row: _Row
     text: TextTokens
+    lo: int
+    hi: int
+
+    @property
+    def window(self) -> tuple[str, int, int]:
+        return self.row.text, self.lo, self.hi
 
     @property
     def length(self) -> int:
@@ -291,6 +298,8 @@ class Extractor:
         self.model_path = model_path
         self.tokenizer.max_length = min(config.max_seq_length, tokenizer.max_length or config.max_seq_length)
         self.prompts = PromptTokenizer(self.tokenizer, config.slots) if config.slotted else None
+        #: relation rows take their text's states after this many layers from the text's entity pass (0: never)
+        self.reuse_layers = int(config.slots.get("reuse_layers", 0)) if config.slotted else 0
         self._word_tokens: dict[str, TextTokens] = {}  # see _tokens
         self._word_lock = threading.Lock()
 
@@ -413,7 +422,11 @@ class Extractor:
             plan.ask_entities(entity_passes)
         span_cap = limits.max_spans if limits is not None else None
         passes: list[int] = []
-        found = self._run(entity_passes, cancel, span_cap, passes)
+        # a reuse_layers model keeps the entity passes' text states of the texts whose subjects it will ask about
+        keep_texts = {p.request.text for p in live if p.schema is not None and p.schema.relations} \
+            if self.reuse_layers else set()
+        states: dict[tuple[str, int, int], np.ndarray] = {}
+        found = self._run(entity_passes, cancel, span_cap, passes, keep_texts=keep_texts, states=states)
         relation_passes = _Asks()
         for plan in live:
             try:
@@ -423,7 +436,8 @@ class Extractor:
                 if not return_errors:
                     raise
                 plan.error = exc
-        found = self._run(relation_passes, cancel, span_cap, passes)
+        found = self._run(relation_passes, cancel, span_cap, passes, states=states)
+        del states
         results: list = []
         for plan in plans:
             try:
@@ -508,14 +522,16 @@ class Extractor:
             for part in self.prompts.pack([1 + len(tokens[words]) for _, words in slots], cues):
                 prompt, markers = self.prompts.encode(Prompt(kind, tuple(slots[i][1] for i in part),
                                                              cues=tuple(slots[i][0] for i in part)), tokens)
-                rows.append(_Row(text, prompt, markers, [by_words[slots[i]] for i in part]))
+                rows.append(_Row(text, prompt, markers, [by_words[slots[i]] for i in part], kind))
         return rows
 
     def _count_rows(self, asks: Sequence[Ask], text: str) -> int:
         """Passes ``asks`` over ``text`` take (E007 when one of them leaves no room for the text)."""
         return len(self._rows(asks, [text] * len(asks))) if asks else 0
 
-    def _units(self, rows: Sequence[_Row]) -> list[_Unit]:
+    def _units(self, rows: Sequence[_Row], kept: dict[str, list[tuple[int, int]]] | None = None) -> list[_Unit]:
+        """Each row over each window of its text; a relation row over the windows in ``kept`` (those whose states
+        an entity pass kept: the prompt then only precedes the kept states, so any prompt length fits)."""
         uniq_text = list(dict.fromkeys(r.text for r in rows))
         text_cache = dict(zip(uniq_text, self.tokenizer.tokenize(uniq_text)))
         units = []
@@ -523,22 +539,45 @@ class Extractor:
         for row in rows:
             budget = max_length - len(row.prompt) - 3
             tokens = text_cache[row.text]
-            for lo, hi in plan_windows(row.text, tokens, budget):
-                units.append(_Unit(row, tokens.slice(lo, hi)))
+            windows = (kept or {}).get(row.text) if row.kind == RELATION else None
+            for lo, hi in windows or plan_windows(row.text, tokens, budget):
+                units.append(_Unit(row, tokens.slice(lo, hi), lo, hi))
         return units
 
-    def _batches(self, units: list[_Unit]) -> list[list[int]]:
-        """Unit indices grouped by length (longest first) under batch size and token budget."""
+    def _batches(self, units: list[_Unit], reusing: Sequence[bool] = ()) -> list[list[int]]:
+        """Unit indices grouped by length (longest first) under batch size and token budget; units that reuse
+        their text's states (``reusing``) and units that do not go to separate model calls."""
         lengths = [u.length for u in units]
-        order = sorted(range(len(units)), key=lambda i: -lengths[i])
-        return pack_by_length(order, lengths, self.batch_size, self.batch_tokens, min_fill=MIN_FILL)
+        flags = list(reusing) or [False] * len(units)
+        batches = []
+        for kind in (False, True):
+            order = sorted((i for i in range(len(units)) if flags[i] == kind), key=lambda i: -lengths[i])
+            batches += pack_by_length(order, lengths, self.batch_size, self.batch_tokens, min_fill=MIN_FILL)
+        return batches
+
+    def _batch(self, units: Sequence[_Unit], states: dict[tuple[str, int, int], np.ndarray] | None):
+        """The model call of ``units``: whole rows, or (``states``) prompts whose texts' states are in ``states``."""
+        markers = [u.row.markers for u in units] if self.prompts else None
+        pairs = [(u.row.prompt, u.text) for u in units]
+        if states is None:
+            return self.tokenizer.build_batch(pairs, markers=markers)
+        batch = self.tokenizer.build_reuse_batch(pairs, markers)
+        kept = [states[u.window] for u in units]
+        reused = np.zeros((len(units), batch.text_mask.shape[1], kept[0].shape[-1]), dtype=np.float32)
+        for b, values in enumerate(kept):
+            reused[b, : len(values)] = values
+        batch.reused_states = reused
+        return batch
 
     def _run(self, asks: _Asks, cancel: threading.Event | None = None, span_cap: int | None = None,
-             passes: list[int] | None = None) -> list[list[tuple[int, int, float]] | None]:
+             passes: list[int] | None = None, keep_texts: set[str] = frozenset(),
+             states: dict[tuple[str, int, int], np.ndarray] | None = None) -> list[list[tuple[int, int, float]] | None]:
         """Each ask's spans ``(start, end, probability)`` at its threshold, best first; stops between model calls
         once ``cancel`` is set (E117). An ask that finds more than ``span_cap`` spans keeps only its best ones when
         every asker reads at most that many (top_k), and else stops collecting: None (E114 for its askers).
-        ``passes``: gets the number of passes run appended."""
+        ``passes``: gets the number of passes run appended. ``keep_texts`` and ``states``: a ``reuse_layers``
+        model's entity passes put the text states of each window of those texts in ``states``; its relation
+        passes read the windows found there from them instead of running the text through those layers again."""
         thresholds = np.asarray(asks.thresholds, dtype=np.float64)
         prunable = [span_cap is not None and need is not None and need <= span_cap for need in asks.needs]
         found: list[dict[tuple[int, int], float] | None] = [dict() for _ in asks.asks]
@@ -547,11 +586,15 @@ class Extractor:
         rows = self._rows(asks.asks, asks.texts)
         if passes is not None:
             passes.append(len(rows))
-        units = self._units(rows)
+        kept: dict[str, list[tuple[int, int]]] = {}
+        for text, lo, hi in states or ():
+            kept.setdefault(text, []).append((lo, hi))
+        units = self._units(rows, kept)
         width = self.config.max_span_width
         lowest = float(thresholds.min())
         thr_logit = logit(lowest) if lowest > 0 else -1e4
-        for batch_ids in self._batches(units):
+        reusing = [bool(states) and u.row.kind == RELATION and u.window in states for u in units]
+        for batch_ids in self._batches(units, reusing):
             if cancel is not None and cancel.is_set():
                 raise HugieError("E117")
             alive_units = [i for i in batch_ids  # an ask that overflowed needs no more work
@@ -559,9 +602,16 @@ class Extractor:
             if not alive_units:
                 continue
             batch_units = [units[i] for i in alive_units]
-            markers = [u.row.markers for u in batch_units] if self.prompts else None
-            batch = self.tokenizer.build_batch([(u.row.prompt, u.text) for u in batch_units], markers=markers)
-            spans, logits = self.backend.score(batch, thr_logit, width)
+            batch = self._batch(batch_units, states if reusing[alive_units[0]] else None)
+            keeping = [u.row.text in keep_texts for u in batch_units] if keep_texts and states is not None else []
+            if any(keeping):
+                spans, logits, lower = self.backend.score(batch, thr_logit, width, keep_states=True)
+                for b, unit in enumerate(batch_units):
+                    start = len(unit.row.prompt) + 2
+                    if keeping[b] and unit.window not in states:  # the text's tokens and its </s>
+                        states[unit.window] = np.array(lower[b, start:start + len(unit.text) + 1])
+            else:
+                spans, logits = self.backend.score(batch, thr_logit, width)
             if len(spans) == 0:
                 continue
             b_idx, ask_of, spans, logits = self._spans_per_ask(batch_units, spans, logits)
@@ -661,5 +711,5 @@ class Extractor:
                 "threshold": self.config.threshold, "relation_threshold": self.relation_threshold(),
                 "one_type_per_span": self.one_type_per_span(), "flat_ner": self.flat_ner(),
                 "max_length": self.config.max_seq_length, "architecture": self.config.architecture,
-                "max_slots": self.prompts.max_slots if self.prompts else 1,
+                "max_slots": self.prompts.max_slots if self.prompts else 1, "reuse_layers": self.reuse_layers,
                 "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}

@@ -11,6 +11,11 @@ cross-entropy. Saved and loaded in HF format (``config.json`` + ``model.safetens
 a gate on q shared by each RoPE pair, ``q_k = q ⊙ (1 + G u_k)``, and low-rank start/end biases
 ``start_bias_k[i] = start_bias[i] + <S u_k, T p_i>`` (G, S zero-initialised, so a fresh slot head
 starts as the one-slot head). Span logits are [B, K, L, L]; a whole schema is one encoder pass.
+
+``slots.reuse_layers = m``: a relation row does not read its text through the first m layers again. The entity pass
+of the text keeps the text's states after layer m; the row runs only its prompt through those layers, places the
+kept text states after it and runs the remaining layers over both (:meth:`GlobalPointerModel.encode`), so a subject's
+pass costs the top layers over prompt and text plus the bottom layers over its prompt alone.
 """
 
 from __future__ import annotations
@@ -179,12 +184,73 @@ class GlobalPointerModel(PreTrainedModel):
         model._init_weights(model.bias_head)
         return model
 
+    @property
+    def reuse_layers(self) -> int:
+        """Encoder layers a relation row takes from its text's entity pass (``slots.reuse_layers``; 0: none)."""
+        return int(self.config.slots.get("reuse_layers", 0)) if self.config.slotted else 0
+
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        """Encoder layers ``first`` to ``stop - 1`` over ``hidden`` [B, L, H] (``attention_mask`` [B, L], 0/1)."""
+        mask, _ = self.encoder._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
+                                                       embedding_output=hidden, encoder_hidden_states=None,
+                                                       cache=None, position_ids=None)
+        for layer in self.encoder.encoder.layer[first:stop]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               reused_states: torch.Tensor | None = None, reused_mask: torch.Tensor | None = None):
+        """The encoder's last states and, for a model with ``reuse_layers`` m, its rows' states after layer m
+        [B, L, H] (else None). ``reused_states`` [B, T, H] (``reused_mask`` [B, T]): texts' states after layer m,
+        kept from their entity pass, each placed right after its row (its prompt) of ``input_ids`` before the
+        remaining layers; the last states are then [B, L + T, H], laid out as whole rows padded at the end."""
+        m = self.reuse_layers
+        if not m:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, None
+        lower = self._layers(self.encoder.embeddings(input_ids=input_ids), attention_mask, 0, m)
+        hidden, mask = lower, attention_mask
+        if reused_states is not None:
+            hidden, mask = self._append_texts(lower, attention_mask, reused_states.to(lower.dtype), reused_mask)
+        return self._layers(hidden, mask, m, len(self.encoder.encoder.layer)), lower
+
+    @staticmethod
+    def _append_texts(prompts: torch.Tensor, prompt_mask: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tensor):
+        """Rows [B, P + T, H] holding each prompt's states, then right after them its text's, then padding (the
+        layout of a whole row, which attention kernels that take padding as trailing lengths read correctly),
+        and their 0/1 mask [B, P + T]."""
+        batch, width, size = prompts.shape
+        lengths = prompt_mask.sum(dim=1, keepdim=True)
+        position = torch.arange(width + text_mask.shape[1], device=prompts.device)[None, :]
+        # a prompt position reads itself; a later one the text state it has reached, or the zero row at the end
+        index = torch.where(position < lengths, position, width + position - lengths).clamp(max=position.shape[1])
+        states = torch.cat([prompts, texts, prompts.new_zeros((batch, 1, size))], dim=1)
+        masks = torch.cat([prompt_mask, text_mask.to(prompt_mask.dtype), prompt_mask.new_zeros((batch, 1))], dim=1)
+        return (torch.gather(states, 1, index[:, :, None].expand(-1, -1, size)),
+                torch.gather(masks, 1, index.expand(batch, -1)))
+
+    @staticmethod
+    def text_states(states: torch.Tensor, starts: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Each row's text states [B, T, H] out of ``states`` [B, L, H]: T positions from ``starts`` [B] on, zero
+        where ``text_mask`` [B, T] is 0."""
+        index = (starts[:, None] + torch.arange(text_mask.shape[1], device=states.device)[None, :])
+        index = index.clamp(max=states.shape[1] - 1)
+        taken = torch.gather(states, 1, index[:, :, None].expand(-1, -1, states.shape[-1]))
+        return taken * text_mask[:, :, None].to(taken.dtype)
+
     def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None):
+                slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None,
+                reused_states: torch.Tensor | None = None, reused_mask: torch.Tensor | None = None,
+                with_states: bool = False):
         """What every backend computes: q, k (before RoPE) [B, L, D] and start/end bias [B, L]; for a slot model
         (``slot_positions`` [B, K]: each slot's marker position; ``slot_mask`` [B, K]: 0 for padding slots)
-        q [B, K, L, D] and biases [B, K, L] per slot, padding slots' start bias at MASK_VALUE."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        q [B, K, L, D] and biases [B, K, L] per slot, padding slots' start bias at MASK_VALUE. ``reused_states``,
+        ``reused_mask``: see :meth:`encode` (L is then the prompts' length plus T); ``with_states``: the rows'
+        states after ``reuse_layers`` layers [B, L, H] come fifth."""
+        hidden, lower = self.encode(input_ids, attention_mask, reused_states, reused_mask)
+        out = self._head(hidden, slot_positions, slot_mask)
+        return (*out, lower) if with_states else out
+
+    def _head(self, hidden: torch.Tensor, slot_positions: torch.Tensor | None, slot_mask: torch.Tensor | None):
         p = self.projection(hidden)
         d = self.config.head_size
         q, k = p[..., :d], p[..., d:]
@@ -225,10 +291,20 @@ class GlobalPointerModel(PreTrainedModel):
         return logits.masked_fill(~valid, MASK_VALUE)
 
     def forward(self, input_ids, attention_mask, span_mask, labels: torch.Tensor | None = None,
-                slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None):
+                slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None,
+                companion_ids: torch.Tensor | None = None, companion_mask: torch.Tensor | None = None,
+                companion_starts: torch.Tensor | None = None, text_mask: torch.Tensor | None = None):
         """Returns ``{"logits": [B, L, L] (slot model: [B, K, L, L]), "loss": scalar when labels (0/1, the
-        logits' shape) are given}``; a slot model's loss is the mean over its real slots."""
-        q, k, sb, eb = self.project(input_ids, attention_mask, slot_positions, slot_mask)
+        logits' shape) are given}``; a slot model's loss is the mean over its real slots.
+
+        Relation rows of a model with ``reuse_layers`` train as they run: ``input_ids`` holds their prompts,
+        ``companion_ids`` / ``companion_mask`` entity-pass rows of their texts, whose text states (T positions
+        from ``companion_starts``, ``text_mask`` [B, T]) each prompt reads (:meth:`encode`); L is prompts + T."""
+        reused = None
+        if companion_ids is not None:
+            _, lower = self.encode(companion_ids, companion_mask)
+            reused = self.text_states(lower, companion_starts, text_mask)
+        q, k, sb, eb = self.project(input_ids, attention_mask, slot_positions, slot_mask, reused, text_mask)
         with torch.autocast(q.device.type, enabled=False):  # span logits in fp32 under a bf16 autocast encoder
             logits = self.span_logits(q.float(), k.float(), sb.float(), eb.float(), span_mask)
         out = {"logits": logits}

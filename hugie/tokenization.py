@@ -129,6 +129,10 @@ class PairBatch:
     ``span_mask`` marks text tokens
     that may start or end a span; ``char_starts``/``char_ends`` map every position to the
     caller's text (-1 outside the text segment).
+
+    Rows that reuse their texts' states (:meth:`HugieTokenizer.build_reuse_batch`) hold only
+    ``[CLS] prompt [SEP]`` in ``input_ids``; ``reused_states`` carries their texts (tokens and final
+    ``[SEP]``, ``text_mask``), and the other per-position arrays lay out whole rows.
     """
 
     input_ids: np.ndarray
@@ -138,6 +142,8 @@ class PairBatch:
     char_ends: np.ndarray
     slot_positions: np.ndarray | None = None  # [B, K] each prompt slot's marker position (slot models)
     slot_mask: np.ndarray | None = None  # [B, K] 1 for a real slot, 0 for padding
+    text_mask: np.ndarray | None = None  # [B, T] rows reusing their texts' states: 1 over text tokens and [SEP]
+    reused_states: np.ndarray | None = None  # [B, T, H] those states (float32), set before the batch is scored
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -243,6 +249,41 @@ class HugieTokenizer:
             positions[b, : len(row)] = [1 + m for m in row]  # after <s>
             slot_mask[b, : len(row)] = 1
         return PairBatch(ids, attn, span, cs, ce, positions, slot_mask)
+
+    def build_reuse_batch(self, pairs: Sequence[tuple[TextTokens, TextTokens]],
+                          markers: Sequence[Sequence[int]]) -> PairBatch:
+        """Rows whose texts' encoder states come from another pass (slot models with ``reuse_layers``):
+        ``input_ids`` [B, P] holds each ``[CLS] prompt [SEP]``, ``text_mask`` [B, T] each text's tokens and its
+        ``[SEP]``; span mask, character maps and slot positions lay out whole rows over P + T positions. Only the
+        prompt must fit ``max_length`` (the text went through the position embeddings in its own pass)."""
+        too_long = [len(p) + 2 for p, _ in pairs if len(p) + 2 > self.max_length]
+        if too_long:
+            raise HugieError("E011", length=max(too_long), max_length=self.max_length)
+        n = len(pairs)
+        width = max((len(p) + 2 for p, _ in pairs), default=0)
+        text_width = max((len(t) + 1 for _, t in pairs), default=0)
+        ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        attn = np.zeros((n, width), dtype=np.int64)
+        text_mask = np.zeros((n, text_width), dtype=np.int64)
+        span = np.zeros((n, width + text_width), dtype=np.int64)
+        cs = np.full((n, width + text_width), -1, dtype=np.int64)
+        ce = np.full((n, width + text_width), -1, dtype=np.int64)
+        for b, (prompt, text) in enumerate(pairs):
+            row = [self.cls_id, *prompt.ids, self.sep_id]
+            ids[b, : len(row)] = row
+            attn[b, : len(row)] = 1
+            text_mask[b, : len(text) + 1] = 1
+            if len(text):
+                span[b, len(row) : len(row) + len(text)] = text.endpoint_mask()
+                cs[b, len(row) : len(row) + len(text)] = text.starts
+                ce[b, len(row) : len(row) + len(text)] = text.ends
+        slots = max((len(m) for m in markers), default=0)
+        positions = np.zeros((n, slots), dtype=np.int64)
+        slot_mask = np.zeros((n, slots), dtype=np.int64)
+        for b, row in enumerate(markers):
+            positions[b, : len(row)] = [1 + m for m in row]  # after <s>
+            slot_mask[b, : len(row)] = 1
+        return PairBatch(ids, attn, span, cs, ce, positions, slot_mask, text_mask)
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairBatch:
         """Tokenize and pad (instruction, text) pairs."""

@@ -21,15 +21,18 @@ def synthetic_specs(n: int = 240):
 
 
 def fit_tiny(model, epoch_items, collate_items, steps: int, seed: int, lr: float):
-    """Train ``model`` for ``steps`` AdamW steps over ``epoch_items(epoch)``'s length-bucketed batches."""
+    """Train ``model`` for ``steps`` AdamW steps over ``epoch_items(epoch)``'s length-bucketed batches
+    (``collate_items`` gives a batch, or the parts of one: ``hugie.training.trainer.collate_slot_parts``)."""
+    from hugie.training.trainer import parts_loss
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     step, epoch = 0, 0
     while step < steps:
         items = epoch_items(epoch)
         for batch_ids in make_batches(items, 16, 4096, seed, epoch):
-            out = model(**collate_items([items[i] for i in batch_ids]))
-            out["loss"].backward()
+            batch = collate_items([items[i] for i in batch_ids])
+            (parts_loss(model, batch) if isinstance(batch, list) else model(**batch)["loss"]).backward()
             opt.step()
             opt.zero_grad()
             step += 1
@@ -98,21 +101,23 @@ class FakeBackend:
         return {"backend": "fake"}
 
 
-def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-3):
-    """A tiny slot model (and its tokenizer with markers) trained on the synthetic task."""
+def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-3, reuse_layers: int = 0):
+    """A tiny slot model (and its tokenizer with markers) trained on the synthetic task; with ``reuse_layers``,
+    one whose relation rows read their texts' states from an entity pass (most of them train that way)."""
     from hugie.training.examples import SlotRecipe, build_slot_examples
-    from hugie.training.trainer import collate_slots, encode_slot_examples
+    from hugie.training.trainer import collate_slot_parts, encode_slot_examples
 
     from hugie.prompts import PromptTokenizer
     from tests.conftest import tiny_slot_model
 
     torch.manual_seed(seed)
-    model, marked = tiny_slot_model(tokenizer, seed=seed)
+    model, marked = tiny_slot_model(tokenizer, seed=seed, reuse_layers=reuse_layers)
     prompts = PromptTokenizer(marked, model.config.slots)
     specs = synthetic_specs()
+    recipe = SlotRecipe(drop=0.3, instruction=0.2, reuse=0.9 if reuse_layers else 0.0)
 
     def epoch_items(epoch):
-        examples = build_slot_examples(specs, seed, epoch, SlotRecipe(drop=0.3, instruction=0.2))
+        examples = build_slot_examples(specs, seed, epoch, recipe)
         return encode_slot_examples(examples, prompts, 128, model.config.max_span_width)[0]
 
-    return fit_tiny(model, epoch_items, lambda items: collate_slots(items, marked), steps, seed, lr), marked
+    return fit_tiny(model, epoch_items, lambda items: collate_slot_parts(items, marked), steps, seed, lr), marked

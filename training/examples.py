@@ -166,6 +166,7 @@ class SlotExample:
     task: str
     dataset: str
     cues: tuple[str, ...] = ()  # several subjects in one row: each slot's subject cue (hugie.prompts.Prompt)
+    companion: tuple[str, ...] = ()  # a relation row of a reuse_layers model: the entity slots of its text's pass
 
 
 @dataclass
@@ -185,7 +186,10 @@ class SlotRecipe:
     model whose ``slots.max_subjects`` is that many packs the subjects a schema finds; ``object_subjects`` adds
     objects whose type has predicates of its own (a schema finds them as subjects too, in the same rows).
     With probability ``instruction`` an example is one slot holding a whole instruction (the HugIE template),
-    so free-form instructions keep working."""
+    so free-form instructions keep working.
+    With probability ``reuse`` a relation row (a model with ``slots.reuse_layers``) reads its text's states from
+    an entity pass over the text, as it runs: its ``companion`` holds that pass's entity slots, the dataset's
+    subject types (each kept with probability 1 - ``drop``) and now and then another of its entity types."""
 
     max_slots: int = 16
     max_prompt_tokens: int = 128
@@ -197,6 +201,7 @@ class SlotRecipe:
     idle_subjects: float = 0.0
     subjects_per_row: int = 0
     object_subjects: float = 0.0
+    reuse: float = 0.0
 
 
 def _foreign_pool(specs: list[DatasetSpec]) -> dict[str, list[tuple[str, set]]]:
@@ -387,6 +392,7 @@ def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
     for spec in specs:
         tmpl = templates(spec.language)
         rng = _rng(seed, spec.name, epoch, "slots")
+        companion_rng = _rng(seed, spec.name, epoch, "companions")
         all_types, all_predicates, predicates_by_type = _dataset_labels(spec)
         foreign = [t for t, names in pool.get(spec.language, []) if spec.name not in names
                    and _unrelated(t, all_types, spec.language)]
@@ -394,6 +400,25 @@ def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
             if "ner" in spec.tasks and all_types:
                 out += slot_ner_examples(record, tmpl, all_types, foreign, recipe, rng, spec.name)
             if "re" in spec.tasks and (record.relations or recipe.idle_subjects):
-                out += slot_re_examples(record, tmpl, predicates_by_type, all_predicates, recipe, rng, spec.name)
+                rows = slot_re_examples(record, tmpl, predicates_by_type, all_predicates, recipe, rng, spec.name)
+                out += _with_companions(rows, sorted(predicates_by_type), all_types, recipe, companion_rng)
     _rng(seed, "shuffle", epoch, "slots").shuffle(out)
+    return out
+
+
+def _with_companions(rows: list[SlotExample], subject_types: list[str], all_types: list[str], recipe: SlotRecipe,
+                     rng: random.Random) -> list[SlotExample]:
+    """``rows`` with each relation row given, with probability ``reuse``, the entity slots of an entity pass over
+    its text (:class:`SlotRecipe`); drawn from their own generator, so recipes without ``reuse`` are unchanged."""
+    if not recipe.reuse or not subject_types:
+        return rows
+    others = [t for t in all_types if t not in subject_types]
+    out = []
+    for row in rows:
+        if row.kind == "relation" and rng.random() < recipe.reuse:
+            slots = [t for t in subject_types if rng.random() >= recipe.drop] or [rng.choice(subject_types)]
+            slots += [t for t in others if rng.random() < 0.1]
+            rng.shuffle(slots)
+            row = replace(row, companion=tuple(slots[: recipe.max_slots]))
+        out.append(row)
     return out

@@ -189,10 +189,12 @@ class SlotEncoded:
     markers: list[int]  # each slot's marker index in the prompt
     text: TextTokens
     gold: list[list[tuple[int, int]]]  # per slot: token indices within the text tokens (first, last)
+    companion: TextTokens | None = None  # the entity prompt of the pass whose text states this row reuses
 
     @property
     def length(self) -> int:
-        return len(self.prompt) + len(self.text) + 3
+        return len(self.prompt) + len(self.text) + 3 + (len(self.companion) + len(self.text) + 3
+                                                        if self.companion is not None else 0)
 
 
 def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
@@ -201,7 +203,7 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
     budget are dropped, long texts become windows."""
     from hugie.prompts import Prompt
 
-    words = prompts.words([w for e in examples for w in (e.prefix, *e.cues, *e.slots)])
+    words = prompts.words([w for e in examples for w in (e.prefix, *e.cues, *e.slots, *e.companion)])
     texts = list(dict.fromkeys(e.text for e in examples))
     ttok = dict(zip(texts, prompts.tokenizer.tokenize(texts)))
     out, stats = [], {"examples": len(examples), "units": 0, "slots": 0, "gold": 0, "unreachable": 0, "windows": 0}
@@ -211,11 +213,19 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
         keep = prompts.pack(lengths, [(c, len(words[c]) if c else 0) for c in cues])[0]
         prompt, markers = prompts.encode(Prompt(ex.kind, tuple(ex.slots[i] for i in keep),
                                                 cues=tuple(cues[i] for i in keep)), words)
+        companion = None
+        if ex.companion:
+            companion, _ = prompts.encode(Prompt("entity", ex.companion), words)
         tt = ttok[ex.text]
         golds = [_gold_tokens(tt, ex.spans[i], max_width, stats) for i in keep]
         stats["slots"] += len(keep)
-        for lo, hi in _windows(ex.text, tt, max_length - len(prompt) - 3, stats):
-            out.append(SlotEncoded(prompt, markers, tt.slice(lo, hi), [_in_window(g, lo, hi) for g in golds]))
+        budget = max_length - len(prompt) - 3
+        if companion is not None:  # the entity pass reads the same window
+            budget = min(budget, max_length - len(companion) - 3)
+            stats["reuse"] = stats.get("reuse", 0) + 1
+        for lo, hi in _windows(ex.text, tt, budget, stats):
+            out.append(SlotEncoded(prompt, markers, tt.slice(lo, hi), [_in_window(g, lo, hi) for g in golds],
+                                   companion))
     stats["units"] = len(out)
     return out, stats
 
@@ -232,6 +242,41 @@ def collate_slots(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[s
     return {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
             "span_mask": torch.from_numpy(batch.span_mask), "labels": labels,
             "slot_positions": torch.from_numpy(batch.slot_positions), "slot_mask": torch.from_numpy(batch.slot_mask)}
+
+
+def collate_reuse(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[str, torch.Tensor]:
+    """Relation rows that read their texts' states from an entity pass over the text (its prompt: each item's
+    ``companion``), as a ``reuse_layers`` model runs them (``GlobalPointerModel.forward``)."""
+    batch = tokenizer.build_reuse_batch([(it.prompt, it.text) for it in items], [it.markers for it in items])
+    companions = tokenizer.build_batch([(it.companion, it.text) for it in items])
+    b, length = batch.span_mask.shape
+    labels = torch.zeros((b, batch.slot_positions.shape[1], length, length), dtype=torch.float32)
+    for row, it in enumerate(items):
+        off = len(it.prompt) + 2
+        for slot, gold in enumerate(it.gold):
+            for s, e in gold:
+                labels[row, slot, off + s, off + e] = 1.0
+    starts = torch.tensor([len(it.companion) + 2 for it in items], dtype=torch.long)
+    return {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
+            "span_mask": torch.from_numpy(batch.span_mask), "labels": labels,
+            "slot_positions": torch.from_numpy(batch.slot_positions), "slot_mask": torch.from_numpy(batch.slot_mask),
+            "companion_ids": torch.from_numpy(companions.input_ids),
+            "companion_mask": torch.from_numpy(companions.attention_mask), "companion_starts": starts,
+            "text_mask": torch.from_numpy(batch.text_mask)}
+
+
+def collate_slot_parts(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> list[dict[str, torch.Tensor]]:
+    """A slot batch as the parts a model call takes: rows reading their whole text, then rows reusing an entity
+    pass's text states (:func:`collate_reuse`); a part's loss weighs by its real slots (``slot_mask``)."""
+    own = [it for it in items if it.companion is None]
+    reuse = [it for it in items if it.companion is not None]
+    return ([collate_slots(own, tokenizer)] if own else []) + ([collate_reuse(reuse, tokenizer)] if reuse else [])
+
+
+def parts_loss(model, parts: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The mean loss over the real slots of all ``parts`` (:func:`collate_slot_parts`; one part without slots)."""
+    weights = [float(p["slot_mask"].sum()) if "slot_mask" in p else 1.0 for p in parts]
+    return sum(model(**p)["loss"] * (w / sum(weights)) for p, w in zip(parts, weights))
 
 
 def make_batches(items: list[Encoded], batch_size: int, batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
@@ -359,6 +404,9 @@ class Trainer:
         if cfg.architecture not in ("instruction", "slots"):
             raise HugieError("E030", file=cfg.root, reason=f"architecture must be instruction or slots, "
                                                            f"not {cfg.architecture!r}")
+        if (cfg.slot_recipe or {}).get("reuse") and not (self.prompts and self.model.reuse_layers):
+            raise HugieError("E030", file=cfg.root, reason="slot_recipe.reuse needs a slot model with "
+                                                           "slots.reuse_layers above 0")
         word_embeddings = self.model.encoder.embeddings.word_embeddings.weight
         if cfg.freeze_embeddings and markers:  # only the marker rows learn (no decay: the other rows stay put)
             keep = torch.zeros((word_embeddings.shape[0], 1))
@@ -391,11 +439,11 @@ class Trainer:
 
     def _add_slots(self, cfg: TrainConfig) -> None:
         """Give a one-slot starting model its marker tokens and slot head; a slot model keeps its head and takes the
-        config's packing limits (max_slots, max_prompt_tokens, max_subjects)."""
+        config's packing limits (max_slots, max_prompt_tokens, max_subjects) and ``reuse_layers``."""
         from hugie.configuration import SLOT_DEFAULTS
 
         if self.model.config.slotted:
-            limits = ("max_slots", "max_prompt_tokens", "max_subjects")
+            limits = ("max_slots", "max_prompt_tokens", "max_subjects", "reuse_layers")
             self.model.config.slots.update({k: v for k, v in (cfg.slots or {}).items() if k in limits})
             return
         settings = {**SLOT_DEFAULTS, **(cfg.slots or {})}
@@ -609,23 +657,26 @@ class Trainer:
                             share = 0.0
                         ids = mine
                     pick = [items[i] for i in ids]
-                    batch = collate_slots(pick, self.tokenizer) if self.prompts else collate(pick, self.tokenizer)
+                    parts = (collate_slot_parts(pick, self.tokenizer) if self.prompts
+                             else [collate(pick, self.tokenizer)])
                     if self.device.type != "cpu":
-                        batch = {k: v.to(self.device) for k, v in batch.items()}
+                        parts = [{k: v.to(self.device) for k, v in part.items()} for part in parts]
                     self.batch_in_epoch += 1
                     sync = nullcontext() if not dist.enabled or m == micro - 1 else model.no_sync()
                     with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                        out = model(**batch)
+                        loss = parts_loss(model, parts)
                         if share is None:
-                            (out["loss"] / cfg.grad_accum).backward()
+                            (loss / cfg.grad_accum).backward()
                         else:
-                            (out["loss"] * (share * dist.world_size) / cfg.grad_accum).backward()
+                            (loss * (share * dist.world_size) / cfg.grad_accum).backward()
+                    part_tokens = sum(int(p["attention_mask"].sum()) + int(p.get("text_mask", torch.zeros(0)).sum())
+                                      for p in parts)
                     if share is None:
-                        loss_total += out["loss"].item() / cfg.grad_accum
-                        step_tokens += int(batch["attention_mask"].sum())
+                        loss_total += loss.item() / cfg.grad_accum
+                        step_tokens += part_tokens
                     else:
-                        loss_total += out["loss"].item() * share / cfg.grad_accum
-                        step_tokens += int(batch["attention_mask"].sum()) if share else 0
+                        loss_total += loss.item() * share / cfg.grad_accum
+                        step_tokens += part_tokens if share else 0
                 if dist.enabled:  # the global batch's mean loss and token count
                     loss_total, step_tokens = all_reduce_sum(dist, [loss_total, float(step_tokens)])
                     step_tokens = int(step_tokens)

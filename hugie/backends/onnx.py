@@ -163,6 +163,9 @@ class OnnxBackend:
         self.device = ("cuda" if index is None else f"cuda:{index}") if cuda else "cpu"
         self.max_width = int(config.max_span_width)
         self.slotted = bool(getattr(config, "slotted", False))  # the graph takes slot_positions and slot_mask
+        # a reuse_layers graph also takes kept text states (reused_states, reused_mask) and gives layer_states
+        self.reuse = bool(self.slotted and (config.slots or {}).get("reuse_layers", 0))
+        self.hidden_size = int((config.encoder or {}).get("hidden_size", 0))
         encoder = onnx.load(str(self.path / file))
         self.int8_weight_bits = None
         if self.quantize == "int8":
@@ -198,33 +201,44 @@ class OnnxBackend:
     def scorer(self) -> str:
         return "SpanScore custom op" if self.library else "standard-ONNX fallback"
 
-    def score(self, batch: PairBatch, threshold: float, max_width: int):
+    def score(self, batch: PairBatch, threshold: float, max_width: int, keep_states: bool = False):
         """Spans of ``batch`` whose logit is above ``threshold`` and width below ``max_width`` (at most the
-        model's); safe to call from several threads at once."""
+        model's) as (spans [N, 4], logits); ``keep_states`` (a ``reuse_layers`` model): and the rows' states
+        after those layers [B, L, H]. Safe to call from several threads at once."""
         if max_width > self.max_width:
             raise ValueError(f"max_width {max_width} is over the {self.max_width} this session was built for "
                              "(the model's max_span_width)")
+        if keep_states and not self.reuse:
+            raise ValueError("keep_states needs a model with slots.reuse_layers")
         if batch.input_ids.size == 0:
-            return np.zeros((0, 4), np.int64), np.zeros((0,), np.float32)
+            empty = np.zeros((0, 4), np.int64), np.zeros((0,), np.float32)
+            return (*empty, np.zeros((0, 0, self.hidden_size), np.float32)) if keep_states else empty
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "span_mask": batch.span_mask,
                  "threshold": np.array(threshold, dtype=np.float32)}
         if self.slotted:
             feeds.update(slot_positions=batch.slot_positions, slot_mask=batch.slot_mask)
+        if self.reuse:  # rows without kept text states append zero positions
+            rows = batch.input_ids.shape[0]
+            reused = batch.reused_states
+            feeds.update(reused_states=np.zeros((rows, 0, self.hidden_size), np.float32) if reused is None else reused,
+                         reused_mask=np.zeros((rows, 0), np.int64) if reused is None else batch.text_mask)
+        outputs = ["spans", "scores"] + (["layer_states"] if keep_states else [])
         if self.device != "cpu":
             binding = self.session.io_binding()  # one binding per call: calls may run concurrently
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            binding.bind_output("spans", "cpu")
-            binding.bind_output("scores", "cpu")
+            for name in outputs:
+                binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
-            spans, scores = binding.copy_outputs_to_cpu()
+            spans, scores, *states = binding.copy_outputs_to_cpu()
         else:
             big = batch.input_ids.size > SHRINK_TOKENS
-            spans, scores = self.session.run(["spans", "scores"], feeds, self._shrink if big else None)
+            spans, scores, *states = self.session.run(outputs, feeds, self._shrink if big else None)
         keep = scores > threshold  # float32 logits against the exact threshold, as the torch backend compares
         if max_width < self.max_width:
             keep &= spans[:, 3] - spans[:, 2] < max_width
-        return spans[keep].astype(np.int64), scores[keep].astype(np.float32)
+        found = spans[keep].astype(np.int64), scores[keep].astype(np.float32)
+        return (*found, states[0]) if keep_states else found
 
     def warmup(self, threshold: float, max_width: int) -> None:
         from ..scoring import logit

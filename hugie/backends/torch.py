@@ -33,19 +33,26 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
 
     @torch.inference_mode()
-    def project(self, batch: PairBatch):
-        """q, k, start and end bias as NumPy arrays (a slot model's per slot: q [B, K, L, D], biases [B, K, L])."""
+    def project(self, batch: PairBatch, keep_states: bool = False):
+        """q, k, start and end bias as NumPy arrays (a slot model's per slot: q [B, K, L, D], biases [B, K, L]);
+        ``keep_states``: the rows' states after the model's ``reuse_layers`` layers come fifth."""
         inputs = [batch.input_ids, batch.attention_mask]
         if self.model.config.slotted:
             inputs += [batch.slot_positions, batch.slot_mask]
+        if batch.reused_states is not None:
+            inputs += [batch.reused_states, batch.text_mask]
         tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
-        return [t.float().cpu().numpy() for t in self.model.project(*tensors)]
+        return [t.float().cpu().numpy() for t in self.model.project(*tensors, with_states=keep_states)]
 
-    def score(self, batch: PairBatch, threshold: float, max_width: int):
+    def score(self, batch: PairBatch, threshold: float, max_width: int, keep_states: bool = False):
+        """Spans above ``threshold`` (a logit) as (spans [N, 4], logits); ``keep_states``: and the rows' states
+        after the model's ``reuse_layers`` layers [B, L, H]."""
         if batch.input_ids.size == 0:
-            return np.zeros((0, 4), np.int64), np.zeros((0,), np.float32)
-        q, k, sb, eb = self.project(batch)
-        return span_scores_banded(q, k, sb, eb, batch.span_mask, threshold, max_width)
+            empty = np.zeros((0, 4), np.int64), np.zeros((0,), np.float32)
+            return (*empty, np.zeros((0, 0, 0), np.float32)) if keep_states else empty
+        q, k, sb, eb, *states = self.project(batch, keep_states)
+        found = span_scores_banded(q, k, sb, eb, batch.span_mask, threshold, max_width)
+        return (*found, states[0]) if keep_states else found
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "torch": torch.__version__,

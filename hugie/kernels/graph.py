@@ -61,7 +61,8 @@ def attach_span_scorer(encoder: onnx.ModelProto, max_width: int, use_custom_op: 
     (q [B, L, D], biases [B, L]; the scorer sees them unsqueezed to K = 1, so every slot column is 0)
     and slot-conditioned (q [B, K, L, D], biases [B, K, L]); k is [B, L, D] in both. Adds graph
     inputs ``span_mask`` int64 [B, L] and ``threshold`` float scalar (a logit); the graph outputs
-    become ``spans`` [N, 4] (batch, slot, start, end) and ``scores``.
+    become ``spans`` [N, 4] (batch, slot, start, end) and ``scores``, followed by any other output of
+    ``encoder`` (a ``reuse_layers`` model's ``layer_states``).
     """
     model = onnx.ModelProto()
     model.CopyFrom(encoder)
@@ -105,8 +106,9 @@ def attach_span_scorer(encoder: onnx.ModelProto, max_width: int, use_custom_op: 
             inputs[index] = g.op("Unsqueeze", [inputs[index], *axes], inputs[index] + "_slots", **attrs)
         graph.node.extend(g.nodes)
     graph.node.extend(_scorer_nodes(inputs, OUTPUTS, max_width, use_custom_op, FALLBACK_PREFIX))
+    others = [o for o in graph.output if o.name not in INPUTS[:4]]
     del graph.output[:]
-    graph.output.extend(_output_infos())
+    graph.output.extend(_output_infos() + others)
     if use_custom_op and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return model
