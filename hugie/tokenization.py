@@ -224,31 +224,11 @@ class HugieTokenizer:
         too_long = [n for n in lengths if n > self.max_length]
         if too_long:
             raise HugieError("E011", length=max(too_long), max_length=self.max_length)
-        width = max(lengths) if lengths else 0
-        n = len(pairs)
-        ids = np.full((n, width), self.pad_id, dtype=np.int64)
-        attn = np.zeros((n, width), dtype=np.int64)
-        span = np.zeros((n, width), dtype=np.int64)
-        cs = np.full((n, width), -1, dtype=np.int64)
-        ce = np.full((n, width), -1, dtype=np.int64)
-        for b, (ins, txt) in enumerate(pairs):
-            row = [self.cls_id, *ins.ids, self.sep_id, *txt.ids, self.sep_id]
-            ids[b, : len(row)] = row
-            attn[b, : len(row)] = 1
-            off = len(ins) + 2
-            if len(txt):
-                span[b, off : off + len(txt)] = txt.endpoint_mask()
-                cs[b, off : off + len(txt)] = txt.starts
-                ce[b, off : off + len(txt)] = txt.ends
+        ids, attn = self._rows([[self.cls_id, *ins.ids, self.sep_id, *txt.ids, self.sep_id] for ins, txt in pairs])
+        maps = self._text_maps(pairs, ids.shape[1])
         if markers is None:
-            return PairBatch(ids, attn, span, cs, ce)
-        slots = max((len(m) for m in markers), default=0)
-        positions = np.zeros((n, slots), dtype=np.int64)
-        slot_mask = np.zeros((n, slots), dtype=np.int64)
-        for b, row in enumerate(markers):
-            positions[b, : len(row)] = [1 + m for m in row]  # after <s>
-            slot_mask[b, : len(row)] = 1
-        return PairBatch(ids, attn, span, cs, ce, positions, slot_mask)
+            return PairBatch(ids, attn, *maps)
+        return PairBatch(ids, attn, *maps, *self._slot_arrays(markers))
 
     def build_reuse_batch(self, pairs: Sequence[tuple[TextTokens, TextTokens]],
                           markers: Sequence[Sequence[int]]) -> PairBatch:
@@ -259,31 +239,48 @@ class HugieTokenizer:
         too_long = [len(p) + 2 for p, _ in pairs if len(p) + 2 > self.max_length]
         if too_long:
             raise HugieError("E011", length=max(too_long), max_length=self.max_length)
-        n = len(pairs)
-        width = max((len(p) + 2 for p, _ in pairs), default=0)
-        text_width = max((len(t) + 1 for _, t in pairs), default=0)
-        ids = np.full((n, width), self.pad_id, dtype=np.int64)
-        attn = np.zeros((n, width), dtype=np.int64)
-        text_mask = np.zeros((n, text_width), dtype=np.int64)
-        span = np.zeros((n, width + text_width), dtype=np.int64)
-        cs = np.full((n, width + text_width), -1, dtype=np.int64)
-        ce = np.full((n, width + text_width), -1, dtype=np.int64)
-        for b, (prompt, text) in enumerate(pairs):
-            row = [self.cls_id, *prompt.ids, self.sep_id]
+        ids, attn = self._rows([[self.cls_id, *prompt.ids, self.sep_id] for prompt, _ in pairs])
+        text_lengths = np.array([len(text) + 1 for _, text in pairs], dtype=np.int64)  # its tokens and [SEP]
+        text_mask = (np.arange(text_lengths.max(initial=0))[None, :] < text_lengths[:, None]).astype(np.int64)
+        maps = self._text_maps(pairs, ids.shape[1] + text_mask.shape[1])
+        return PairBatch(ids, attn, *maps, *self._slot_arrays(markers), text_mask)
+
+    def _rows(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """``rows`` padded to the longest: ids (``pad_id`` after each row) and their 0/1 mask."""
+        width = max((len(row) for row in rows), default=0)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for b, row in enumerate(rows):
             ids[b, : len(row)] = row
-            attn[b, : len(row)] = 1
-            text_mask[b, : len(text) + 1] = 1
-            if len(text):
-                span[b, len(row) : len(row) + len(text)] = text.endpoint_mask()
-                cs[b, len(row) : len(row) + len(text)] = text.starts
-                ce[b, len(row) : len(row) + len(text)] = text.ends
+            mask[b, : len(row)] = 1
+        return ids, mask
+
+    @staticmethod
+    def _text_maps(pairs: Sequence[tuple[TextTokens, TextTokens]], width: int):
+        """Span mask and character maps [B, width] of whole rows ``[CLS] prompt [SEP] text [SEP]`` (-1 and 0 outside
+        the text)."""
+        n = len(pairs)
+        span = np.zeros((n, width), dtype=np.int64)
+        cs = np.full((n, width), -1, dtype=np.int64)
+        ce = np.full((n, width), -1, dtype=np.int64)
+        for b, (ins, txt) in enumerate(pairs):
+            off = len(ins) + 2
+            if len(txt):
+                span[b, off : off + len(txt)] = txt.endpoint_mask()
+                cs[b, off : off + len(txt)] = txt.starts
+                ce[b, off : off + len(txt)] = txt.ends
+        return span, cs, ce
+
+    @staticmethod
+    def _slot_arrays(markers: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's slot marker positions (after ``[CLS]``) and its 0/1 slot mask, padded to the most slots."""
         slots = max((len(m) for m in markers), default=0)
-        positions = np.zeros((n, slots), dtype=np.int64)
-        slot_mask = np.zeros((n, slots), dtype=np.int64)
+        positions = np.zeros((len(markers), slots), dtype=np.int64)
+        slot_mask = np.zeros((len(markers), slots), dtype=np.int64)
         for b, row in enumerate(markers):
             positions[b, : len(row)] = [1 + m for m in row]  # after <s>
             slot_mask[b, : len(row)] = 1
-        return PairBatch(ids, attn, span, cs, ce, positions, slot_mask, text_mask)
+        return positions, slot_mask
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairBatch:
         """Tokenize and pad (instruction, text) pairs."""

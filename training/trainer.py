@@ -232,7 +232,23 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
 
 def collate_slots(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[str, torch.Tensor]:
     batch = tokenizer.build_batch([(it.prompt, it.text) for it in items], markers=[it.markers for it in items])
-    b, length = batch.shape
+    return _slot_tensors(items, batch)
+
+
+def collate_reuse(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[str, torch.Tensor]:
+    """Relation rows that read their texts' states from an entity pass over the text (its prompt: each item's
+    ``companion``), as a ``reuse_layers`` model runs them (``GlobalPointerModel.forward``)."""
+    batch = tokenizer.build_reuse_batch([(it.prompt, it.text) for it in items], [it.markers for it in items])
+    companions = tokenizer.build_batch([(it.companion, it.text) for it in items])
+    starts = torch.tensor([len(it.companion) + 2 for it in items], dtype=torch.long)
+    return {**_slot_tensors(items, batch), "companion_ids": torch.from_numpy(companions.input_ids),
+            "companion_mask": torch.from_numpy(companions.attention_mask), "companion_starts": starts,
+            "text_mask": torch.from_numpy(batch.text_mask)}
+
+
+def _slot_tensors(items: list[SlotEncoded], batch) -> dict[str, torch.Tensor]:
+    """A slot batch's model inputs and its gold labels [B, K, L, L] (each text right after its prompt)."""
+    b, length = batch.span_mask.shape
     labels = torch.zeros((b, batch.slot_positions.shape[1], length, length), dtype=torch.float32)
     for row, it in enumerate(items):
         off = len(it.prompt) + 2
@@ -242,27 +258,6 @@ def collate_slots(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[s
     return {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
             "span_mask": torch.from_numpy(batch.span_mask), "labels": labels,
             "slot_positions": torch.from_numpy(batch.slot_positions), "slot_mask": torch.from_numpy(batch.slot_mask)}
-
-
-def collate_reuse(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[str, torch.Tensor]:
-    """Relation rows that read their texts' states from an entity pass over the text (its prompt: each item's
-    ``companion``), as a ``reuse_layers`` model runs them (``GlobalPointerModel.forward``)."""
-    batch = tokenizer.build_reuse_batch([(it.prompt, it.text) for it in items], [it.markers for it in items])
-    companions = tokenizer.build_batch([(it.companion, it.text) for it in items])
-    b, length = batch.span_mask.shape
-    labels = torch.zeros((b, batch.slot_positions.shape[1], length, length), dtype=torch.float32)
-    for row, it in enumerate(items):
-        off = len(it.prompt) + 2
-        for slot, gold in enumerate(it.gold):
-            for s, e in gold:
-                labels[row, slot, off + s, off + e] = 1.0
-    starts = torch.tensor([len(it.companion) + 2 for it in items], dtype=torch.long)
-    return {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
-            "span_mask": torch.from_numpy(batch.span_mask), "labels": labels,
-            "slot_positions": torch.from_numpy(batch.slot_positions), "slot_mask": torch.from_numpy(batch.slot_mask),
-            "companion_ids": torch.from_numpy(companions.input_ids),
-            "companion_mask": torch.from_numpy(companions.attention_mask), "companion_starts": starts,
-            "text_mask": torch.from_numpy(batch.text_mask)}
 
 
 def collate_slot_parts(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> list[dict[str, torch.Tensor]]:
