@@ -118,13 +118,16 @@ def train(
     output_dir: Optional[str] = typer.Option(None, help="Override the config's output_dir."),
     max_steps: Optional[int] = typer.Option(None, help="Override max_steps."),
     time_limit: Optional[float] = typer.Option(None, help="Stop after this many minutes (resumable)."),
+    stop_at: Optional[int] = typer.Option(
+        None, help="End at this step (resumable); the learning-rate schedule still runs to max_steps."),
 ) -> None:
     """Train (or resume) a model from a YAML config; checkpoints go to output_dir."""
     logging.getLogger().setLevel(logging.INFO)
     from .training.trainer import train as run_training
 
     try:
-        path = run_training(config, output_dir=output_dir, max_steps=max_steps, time_limit_minutes=time_limit)
+        path = run_training(config, stop_at=stop_at, output_dir=output_dir, max_steps=max_steps,
+                            time_limit_minutes=time_limit)
         err.print(f"model saved to {path}")
     except HugieError as exc:
         _fail(exc)

@@ -33,9 +33,10 @@ ARCHITECTURES = ("instruction", "slots")
 #: A slot model's prompt settings: marker tokens (vocabulary entries no text can produce), at most
 #: ``max_slots`` prompts, ``max_prompt_tokens`` prompt tokens and ``max_subjects`` relation subjects per row
 #: (1: one subject per pass), the rank of its slot × token biases, and ``reuse_layers``: how many encoder layers of
-#: a relation row's text come from its text's entity pass (0: every row reads its text through every layer).
+#: a relation row's text come from its text's entity pass (0: every row reads its text through every layer), and
+#: ``mark_subject``: whether such a row adds a learned vector to the kept states of its subject's mentions.
 SLOT_DEFAULTS = {"markers": {"entity": "[E]", "relation": "[R]"}, "max_slots": 16, "max_prompt_tokens": 128,
-                 "max_subjects": 1, "rank": 32, "reuse_layers": 0}
+                 "max_subjects": 1, "rank": 32, "reuse_layers": 0, "mark_subject": False}
 
 
 @dataclass
@@ -74,6 +75,11 @@ class HugieConfig:
     def reuse_layers(self) -> int:
         """Encoder layers a relation row takes from its text's entity pass instead of running them (0: none)."""
         return int(self.slots.get("reuse_layers", 0)) if self.slotted else 0
+
+    @property
+    def mark_subject(self) -> bool:
+        """Whether a relation row that reuses its text's states marks its subject's mentions in them."""
+        return bool(self.reuse_layers and self.slots.get("mark_subject", False))
 
     @classmethod
     def from_dict(cls, data: dict) -> HugieConfig:

@@ -82,16 +82,28 @@ def _projection(model):
             return self.model.project(input_ids, attention_mask, slot_positions, slot_mask, reused_states,
                                       reused_mask, with_states=True)
 
+    class MarkedProjection(Projection):
+        def forward(self, input_ids, attention_mask, slot_positions, slot_mask, reused_states, reused_mask,
+                    subject_mask):
+            return self.model.project(input_ids, attention_mask, slot_positions, slot_mask, reused_states,
+                                      reused_mask, subject_mask, with_states=True)
+
     if model.reuse_layers:
-        return ReuseProjection()
+        return MarkedProjection() if _marks_subject(model) else ReuseProjection()
     return SlotProjection() if model.config.slotted else Projection()
 
 
+def _marks_subject(model) -> bool:
+    return getattr(model, "subject_marker", None) is not None
+
+
 #: graph inputs of an export: every model's, a slot model's slot markers, and a ``reuse_layers`` model's kept text
-#: states (zero positions for rows that read their whole text); such a model also outputs its rows' states
+#: states (zero positions for rows that read their whole text), with ``slots.mark_subject`` its subjects' tokens in
+#: them; such a model also outputs its rows' states
 INPUTS = ("input_ids", "attention_mask")
 SLOT_INPUTS = ("slot_positions", "slot_mask")
 REUSE_INPUTS = ("reused_states", "reused_mask")
+SUBJECT_INPUT = "subject_mask"
 OUTPUTS = ("q", "k", "start_bias", "end_bias")
 REUSE_OUTPUT = "layer_states"
 
@@ -119,6 +131,10 @@ def export_onnx(model, path: Path, opset: int = 17) -> Path:
         reused_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
         args += (torch.randn((2, 4, model.encoder.config.hidden_size)), reused_mask)
         names += REUSE_INPUTS
+        if _marks_subject(model):
+            args += (torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0]]),)
+            names.append(SUBJECT_INPUT)
+            axes[SUBJECT_INPUT] = {0: "batch", 1: "text"}
         outputs.append(REUSE_OUTPUT)
         axes.update({"reused_states": {0: "batch", 1: "text"}, "reused_mask": {0: "batch", 1: "text"},
                      "q": {0: "batch", 1: "slots", 2: "positions"}, "k": {0: "batch", 1: "positions"},
@@ -348,7 +364,7 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
 
 _LINEAR_NODE = re.compile(r"^/(encoder/encoder/layer\.(\d+)/(attention/output/dense|intermediate/dense|output/dense"
                           r"|attention/self/query|attention/self/key|attention/self/value)"
-                          r"|projection|bias_head|slot_gate|slot_query|token_key)/MatMul(?:_quant)?$")
+                          r"|projection|bias_head|slot_gate|slot_query|token_key|subject_marker)/MatMul(?:_quant)?$")
 
 
 def _encoder_scope(name: str) -> str:

@@ -22,7 +22,7 @@ from .instructions import detect_language, templates
 from .limits import RequestLimits
 from .prompts import ENTITY, RELATION, Prompt, PromptTokenizer, subject_cue
 from .scoring import logit, sigmoid
-from .tokenization import HugieTokenizer, TextTokens, pack_by_length
+from .tokenization import HugieTokenizer, TextTokens, mentions, pack_by_length
 from .types import (
     EntitiesResult,
     Entity,
@@ -126,6 +126,7 @@ class Ask:
     kind: str  # INSTRUCTION, or hugie.prompts.ENTITY / RELATION
     words: str
     prefix: str = ""
+    subject: str = ""  # a relation slot's subject (its cue is ``prefix``)
 
 
 INSTRUCTION = "instruction"
@@ -140,6 +141,7 @@ class _Row:
     markers: list[int] | None  # each slot's marker index in the prompt (slot models)
     slot_asks: list[list[int]]  # per slot: the asks it answers (same words asked at several thresholds)
     kind: str = INSTRUCTION  # ENTITY or RELATION slots (slot models), or one instruction
+    subject: str = ""  # the subject of a row of one subject's relation slots
 
 
 @dataclass
@@ -300,6 +302,8 @@ class Extractor:
         self.prompts = PromptTokenizer(self.tokenizer, config.slots) if config.slotted else None
         #: relation rows take their text's states after this many layers from the text's entity pass (0: never)
         self.reuse_layers = int(config.slots.get("reuse_layers", 0)) if config.slotted else 0
+        #: such rows mark their subject's mentions in those states
+        self.mark_subject = bool(self.reuse_layers and config.slots.get("mark_subject", False))
         self._word_tokens: dict[str, TextTokens] = {}  # see _tokens
         self._word_lock = threading.Lock()
 
@@ -388,7 +392,7 @@ class Extractor:
 
     def _relation_ask(self, tmpl, subject: str, predicate: str) -> Ask:
         if self.prompts:
-            return Ask(RELATION, predicate, subject_cue(subject, tmpl.language))
+            return Ask(RELATION, predicate, subject_cue(subject, tmpl.language), subject)
         return Ask(INSTRUCTION, tmpl.for_relation(subject, predicate))
 
     # ------------------------------------------------------------------ the one batched entry point
@@ -426,7 +430,9 @@ class Extractor:
         keep_texts = {p.request.text for p in live if p.schema is not None and p.schema.relations} \
             if self.reuse_layers else set()
         states: dict[tuple[str, int, int], np.ndarray] = {}
-        found = self._run(entity_passes, cancel, span_cap, passes, keep_texts=keep_texts, states=states)
+        text_tokens: dict[str, TextTokens] = {}  # each text tokenized once for both stages
+        found = self._run(entity_passes, cancel, span_cap, passes, keep_texts=keep_texts, states=states,
+                          text_tokens=text_tokens)
         relation_passes = _Asks()
         for plan in live:
             try:
@@ -436,8 +442,8 @@ class Extractor:
                 if not return_errors:
                     raise
                 plan.error = exc
-        found = self._run(relation_passes, cancel, span_cap, passes, states=states)
-        del states
+        found = self._run(relation_passes, cancel, span_cap, passes, states=states, text_tokens=text_tokens)
+        del states, text_tokens
         results: list = []
         for plan in plans:
             try:
@@ -508,8 +514,10 @@ class Extractor:
         (relation slots behind their subject's cue)."""
         tokens = self._check_asks(asks)
         groups: dict[tuple, dict[tuple[str, str], list[int]]] = {}
+        subject_of: dict[str, str] = {}  # a subject cue's subject
         for index, (ask, text) in enumerate(zip(asks, texts)):
             groups.setdefault((text, ask.kind), {}).setdefault((ask.prefix, ask.words), []).append(index)
+            subject_of[ask.prefix] = ask.subject
         rows = []
         for (text, kind), by_words in groups.items():
             if not self.prompts:
@@ -522,18 +530,22 @@ class Extractor:
             for part in self.prompts.pack([1 + len(tokens[words]) for _, words in slots], cues):
                 prompt, markers = self.prompts.encode(Prompt(kind, tuple(slots[i][1] for i in part),
                                                              cues=tuple(slots[i][0] for i in part)), tokens)
-                rows.append(_Row(text, prompt, markers, [by_words[slots[i]] for i in part], kind))
+                cue = {slots[i][0] for i in part}
+                subject = subject_of[cue.pop()] if kind == RELATION and len(cue) == 1 else ""
+                rows.append(_Row(text, prompt, markers, [by_words[slots[i]] for i in part], kind, subject))
         return rows
 
     def _count_rows(self, asks: Sequence[Ask], text: str) -> int:
         """Passes ``asks`` over ``text`` take (E007 when one of them leaves no room for the text)."""
         return len(self._rows(asks, [text] * len(asks))) if asks else 0
 
-    def _units(self, rows: Sequence[_Row], kept: dict[str, list[tuple[int, int]]] | None = None) -> list[_Unit]:
+    def _units(self, rows: Sequence[_Row], kept: dict[str, list[tuple[int, int]]] | None = None,
+               text_tokens: dict[str, TextTokens] | None = None) -> list[_Unit]:
         """Each row over each window of its text; a relation row over the windows in ``kept`` (those whose states
         an entity pass kept: the prompt then only precedes the kept states, so any prompt length fits)."""
-        uniq_text = list(dict.fromkeys(r.text for r in rows))
-        text_cache = dict(zip(uniq_text, self.tokenizer.tokenize(uniq_text)))
+        text_cache = {} if text_tokens is None else text_tokens  # ``text_tokens``: tokens known, and kept
+        new = [text for text in dict.fromkeys(r.text for r in rows) if text not in text_cache]
+        text_cache.update(zip(new, self.tokenizer.tokenize(new)))
         units = []
         max_length = self.tokenizer.max_length
         for row in rows:
@@ -561,7 +573,8 @@ class Extractor:
         pairs = [(u.row.prompt, u.text) for u in units]
         if states is None:
             return self.tokenizer.build_batch(pairs, markers=markers)
-        batch = self.tokenizer.build_reuse_batch(pairs, markers)
+        subjects = [mentions(u.row.text, u.row.subject) for u in units] if self.mark_subject else None
+        batch = self.tokenizer.build_reuse_batch(pairs, markers, subjects)
         kept = [states[u.window] for u in units]
         reused = np.zeros((len(units), batch.text_mask.shape[1], kept[0].shape[-1]), dtype=np.float32)
         for b, values in enumerate(kept):
@@ -571,13 +584,15 @@ class Extractor:
 
     def _run(self, asks: _Asks, cancel: threading.Event | None = None, span_cap: int | None = None,
              passes: list[int] | None = None, keep_texts: set[str] = frozenset(),
-             states: dict[tuple[str, int, int], np.ndarray] | None = None) -> list[list[tuple[int, int, float]] | None]:
+             states: dict[tuple[str, int, int], np.ndarray] | None = None,
+             text_tokens: dict[str, TextTokens] | None = None) -> list[list[tuple[int, int, float]] | None]:
         """Each ask's spans ``(start, end, probability)`` at its threshold, best first; stops between model calls
         once ``cancel`` is set (E117). An ask that finds more than ``span_cap`` spans keeps only its best ones when
         every asker reads at most that many (top_k), and else stops collecting: None (E114 for its askers).
         ``passes``: gets the number of passes run appended. ``keep_texts`` and ``states``: a ``reuse_layers``
         model's entity passes put the text states of each window of those texts in ``states``; its relation
-        passes read the windows found there from them instead of running the text through those layers again."""
+        passes read the windows found there from them instead of running the text through those layers again.
+        ``text_tokens``: texts' tokens, read and filled (one request's stages tokenize each text once)."""
         thresholds = np.asarray(asks.thresholds, dtype=np.float64)
         prunable = [span_cap is not None and need is not None and need <= span_cap for need in asks.needs]
         found: list[dict[tuple[int, int], float] | None] = [dict() for _ in asks.asks]
@@ -589,7 +604,7 @@ class Extractor:
         kept: dict[str, list[tuple[int, int]]] = {}
         for text, lo, hi in states or ():
             kept.setdefault(text, []).append((lo, hi))
-        units = self._units(rows, kept)
+        units = self._units(rows, kept, text_tokens)
         width = self.config.max_span_width
         lowest = float(thresholds.min())
         thr_logit = logit(lowest) if lowest > 0 else -1e4
@@ -712,4 +727,4 @@ class Extractor:
                 "one_type_per_span": self.one_type_per_span(), "flat_ner": self.flat_ner(),
                 "max_length": self.config.max_seq_length, "architecture": self.config.architecture,
                 "max_slots": self.prompts.max_slots if self.prompts else 1, "reuse_layers": self.reuse_layers,
-                "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}
+                "mark_subject": self.mark_subject, "vocab_size": self.tokenizer.vocab_size, **self.backend.describe()}

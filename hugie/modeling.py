@@ -15,7 +15,9 @@ starts as the one-slot head). Span logits are [B, K, L, L]; a whole schema is on
 ``slots.reuse_layers = m``: a relation row does not read its text through the first m layers again. The entity pass
 of the text keeps the text's states after layer m; the row runs only its prompt through those layers, places the
 kept text states after it and runs the remaining layers over both (:meth:`GlobalPointerModel.encode`), so a subject's
-pass costs the top layers over prompt and text plus the bottom layers over its prompt alone.
+pass costs the top layers over prompt and text plus the bottom layers over its prompt alone. With
+``slots.mark_subject`` the row adds a learned vector (zero-initialised) to the kept states of its subject's mentions in
+the text: those states never saw the prompt, and the marker tells the top layers which mention the row asks about.
 """
 
 from __future__ import annotations
@@ -140,7 +142,11 @@ class GlobalPointerModel(PreTrainedModel):
         self.slot_gate = nn.Linear(hidden, self.config.head_size // 2)  # one gate per RoPE pair
         self.slot_query = nn.Linear(hidden, 2 * rank)  # start, end
         self.token_key = nn.Linear(2 * self.config.head_size, 2 * rank)
+        if self.reuse_layers and self.config.slots.get("mark_subject"):
+            self._build_subject_marker()
 
+    def _build_subject_marker(self) -> None:
+        self.subject_marker = nn.Linear(1, self.encoder.config.hidden_size, bias=False)  # a 0/1 mask → its vector
 
     def _init_weights(self, module):
         if module is self.projection or module is self.bias_head or module is getattr(self, "token_key", None):
@@ -149,6 +155,8 @@ class GlobalPointerModel(PreTrainedModel):
         elif module is getattr(self, "slot_gate", None) or module is getattr(self, "slot_query", None):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
+        elif module is getattr(self, "subject_marker", None):
+            nn.init.zeros_(module.weight)
 
     def add_slots(self, marker_ids: dict[str, int], init_id: int, **slots) -> None:
         """Turn a one-slot model into a slot model whose slot head starts as its head: new marker embeddings
@@ -166,12 +174,23 @@ class GlobalPointerModel(PreTrainedModel):
         config.architecture = "slots"
         config.slots = {**_Settings(architecture="slots", slots=slots).slots}
         self._build_slot_head()
-        for module in (self.slot_gate, self.slot_query, self.token_key):
-            self._init_weights(module)
+        for module in (self.slot_gate, self.slot_query, self.token_key, getattr(self, "subject_marker", None)):
+            if module is not None:
+                self._init_weights(module)
         with torch.no_grad():
             start = embeddings.weight[init_id].clone()
             for index in marker_ids.values():
                 embeddings.weight[index] = start
+
+    def add_subject_marker(self) -> None:
+        """Give a ``reuse_layers`` model the subject marker (``slots.mark_subject``), zero at first, so the model
+        starts out scoring as it did."""
+        if not self.reuse_layers:
+            raise ValueError("a subject marker needs a model with slots.reuse_layers")
+        self.config.slots["mark_subject"] = True
+        if getattr(self, "subject_marker", None) is None:
+            self._build_subject_marker()
+            self._init_weights(self.subject_marker)
 
     @classmethod
     def from_encoder(cls, encoder: nn.Module, **head_kwargs) -> GlobalPointerModel:
@@ -199,18 +218,23 @@ class GlobalPointerModel(PreTrainedModel):
         return hidden
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               reused_states: torch.Tensor | None = None, reused_mask: torch.Tensor | None = None):
+               reused_states: torch.Tensor | None = None, reused_mask: torch.Tensor | None = None,
+               subject_mask: torch.Tensor | None = None):
         """The encoder's last states and, for a model with ``reuse_layers`` m, its rows' states after layer m
         [B, L, H] (else None). ``reused_states`` [B, T, H] (``reused_mask`` [B, T]): texts' states after layer m,
         kept from their entity pass, each placed right after its row (its prompt) of ``input_ids`` before the
-        remaining layers; the last states are then [B, L + T, H], laid out as whole rows padded at the end."""
+        remaining layers; the last states are then [B, L + T, H], laid out as whole rows padded at the end.
+        ``subject_mask`` [B, T] (0/1; read with ``slots.mark_subject``): the text tokens of each row's subject."""
         m = self.reuse_layers
         if not m:
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, None
         lower = self._layers(self.encoder.embeddings(input_ids=input_ids), attention_mask, 0, m)
         hidden, mask = lower, attention_mask
         if reused_states is not None:
-            hidden, mask = self._append_texts(lower, attention_mask, reused_states.to(lower.dtype), reused_mask)
+            texts = reused_states.to(lower.dtype)
+            if subject_mask is not None and getattr(self, "subject_marker", None) is not None:
+                texts = texts + self.subject_marker(subject_mask[:, :, None].to(lower.dtype))
+            hidden, mask = self._append_texts(lower, attention_mask, texts, reused_mask)
         return self._layers(hidden, mask, m, len(self.encoder.encoder.layer)), lower
 
     @staticmethod
@@ -240,13 +264,13 @@ class GlobalPointerModel(PreTrainedModel):
     def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None,
                 reused_states: torch.Tensor | None = None, reused_mask: torch.Tensor | None = None,
-                with_states: bool = False):
+                subject_mask: torch.Tensor | None = None, with_states: bool = False):
         """What every backend computes: q, k (before RoPE) [B, L, D] and start/end bias [B, L]; for a slot model
         (``slot_positions`` [B, K]: each slot's marker position; ``slot_mask`` [B, K]: 0 for padding slots)
         q [B, K, L, D] and biases [B, K, L] per slot, padding slots' start bias at MASK_VALUE. ``reused_states``,
-        ``reused_mask``: see :meth:`encode` (L is then the prompts' length plus T); ``with_states``: the rows'
-        states after ``reuse_layers`` layers [B, L, H] come fifth."""
-        hidden, lower = self.encode(input_ids, attention_mask, reused_states, reused_mask)
+        ``reused_mask``, ``subject_mask``: see :meth:`encode` (L is then the prompts' length plus T); ``with_states``:
+        the rows' states after ``reuse_layers`` layers [B, L, H] come fifth."""
+        hidden, lower = self.encode(input_ids, attention_mask, reused_states, reused_mask, subject_mask)
         out = self._head(hidden, slot_positions, slot_mask)
         return (*out, lower) if with_states else out
 
@@ -293,18 +317,21 @@ class GlobalPointerModel(PreTrainedModel):
     def forward(self, input_ids, attention_mask, span_mask, labels: torch.Tensor | None = None,
                 slot_positions: torch.Tensor | None = None, slot_mask: torch.Tensor | None = None,
                 companion_ids: torch.Tensor | None = None, companion_mask: torch.Tensor | None = None,
-                companion_starts: torch.Tensor | None = None, text_mask: torch.Tensor | None = None):
+                companion_starts: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                subject_mask: torch.Tensor | None = None):
         """Returns ``{"logits": [B, L, L] (slot model: [B, K, L, L]), "loss": scalar when labels (0/1, the
         logits' shape) are given}``; a slot model's loss is the mean over its real slots.
 
         Relation rows of a model with ``reuse_layers`` train as they run: ``input_ids`` holds their prompts,
         ``companion_ids`` / ``companion_mask`` entity-pass rows of their texts, whose text states (T positions
-        from ``companion_starts``, ``text_mask`` [B, T]) each prompt reads (:meth:`encode`); L is prompts + T."""
+        from ``companion_starts``, ``text_mask`` [B, T]) each prompt reads (:meth:`encode`, ``subject_mask``); L is
+        prompts + T."""
         reused = None
         if companion_ids is not None:
             _, lower = self.encode(companion_ids, companion_mask)
             reused = self.text_states(lower, companion_starts, text_mask)
-        q, k, sb, eb = self.project(input_ids, attention_mask, slot_positions, slot_mask, reused, text_mask)
+        q, k, sb, eb = self.project(input_ids, attention_mask, slot_positions, slot_mask, reused, text_mask,
+                                    subject_mask)
         with torch.autocast(q.device.type, enabled=False):  # span logits in fp32 under a bf16 autocast encoder
             logits = self.span_logits(q.float(), k.float(), sb.float(), eb.float(), span_mask)
         out = {"logits": logits}

@@ -144,6 +144,7 @@ class PairBatch:
     slot_mask: np.ndarray | None = None  # [B, K] 1 for a real slot, 0 for padding
     text_mask: np.ndarray | None = None  # [B, T] rows reusing their texts' states: 1 over text tokens and [SEP]
     reused_states: np.ndarray | None = None  # [B, T, H] those states (float32), set before the batch is scored
+    subject_mask: np.ndarray | None = None  # [B, T] 1 over the text tokens of each such row's subject's mentions
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -231,11 +232,13 @@ class HugieTokenizer:
         return PairBatch(ids, attn, *maps, *self._slot_arrays(markers))
 
     def build_reuse_batch(self, pairs: Sequence[tuple[TextTokens, TextTokens]],
-                          markers: Sequence[Sequence[int]]) -> PairBatch:
+                          markers: Sequence[Sequence[int]],
+                          subjects: Sequence[Sequence[tuple[int, int]]] | None = None) -> PairBatch:
         """Rows whose texts' encoder states come from another pass (slot models with ``reuse_layers``):
         ``input_ids`` [B, P] holds each ``[CLS] prompt [SEP]``, ``text_mask`` [B, T] each text's tokens and its
         ``[SEP]``; span mask, character maps and slot positions lay out whole rows over P + T positions. Only the
-        prompt must fit ``max_length`` (the text went through the position embeddings in its own pass)."""
+        prompt must fit ``max_length`` (the text went through the position embeddings in its own pass).
+        ``subjects``: each row's subject mentions (character spans of its text), marked in ``subject_mask``."""
         too_long = [len(p) + 2 for p, _ in pairs if len(p) + 2 > self.max_length]
         if too_long:
             raise HugieError("E011", length=max(too_long), max_length=self.max_length)
@@ -243,7 +246,12 @@ class HugieTokenizer:
         text_lengths = np.array([len(text) + 1 for _, text in pairs], dtype=np.int64)  # its tokens and [SEP]
         text_mask = (np.arange(text_lengths.max(initial=0))[None, :] < text_lengths[:, None]).astype(np.int64)
         maps = self._text_maps(pairs, ids.shape[1] + text_mask.shape[1])
-        return PairBatch(ids, attn, *maps, *self._slot_arrays(markers), text_mask)
+        batch = PairBatch(ids, attn, *maps, *self._slot_arrays(markers), text_mask)
+        batch.subject_mask = np.zeros_like(text_mask)
+        for b, spans in enumerate(subjects or ()):
+            text = pairs[b][1]
+            batch.subject_mask[b, : len(text)] = mention_mask(text, spans)
+        return batch
 
     def _rows(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """``rows`` padded to the longest: ids (``pad_id`` after each row) and their 0/1 mask."""
@@ -289,6 +297,24 @@ class HugieTokenizer:
         instructions = self.tokenize([p[0] for p in pairs])
         texts = self.tokenize([p[1] for p in pairs])
         return self.build_batch(list(zip(instructions, texts)))
+
+
+def mentions(text: str, phrase: str) -> list[tuple[int, int]]:
+    """Character spans (end exclusive) of the non-overlapping occurrences of ``phrase`` in ``text``."""
+    spans, start = [], text.find(phrase) if phrase else -1
+    while start >= 0:
+        spans.append((start, start + len(phrase)))
+        start = text.find(phrase, start + len(phrase))
+    return spans
+
+
+def mention_mask(tokens: TextTokens, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """1 for each token that covers a visible character of one of ``spans`` (character spans, end exclusive)."""
+    starts, ends = np.asarray(tokens.starts, dtype=np.int64), np.asarray(tokens.ends, dtype=np.int64)
+    marked = np.zeros(len(tokens), dtype=np.int64)
+    for lo, hi in spans:
+        marked |= ((starts < hi) & (ends > lo) & (ends > starts)).astype(np.int64)
+    return marked
 
 
 def pack_by_length(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tokens: int,

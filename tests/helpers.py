@@ -101,9 +101,11 @@ class FakeBackend:
         return {"backend": "fake"}
 
 
-def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-3, reuse_layers: int = 0):
+def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-3, reuse_layers: int = 0,
+                     mark_subject: bool = False):
     """A tiny slot model (and its tokenizer with markers) trained on the synthetic task; with ``reuse_layers``,
-    one whose relation rows read their texts' states from an entity pass (most of them train that way)."""
+    one whose relation rows read their texts' states from an entity pass (most of them train that way), and with
+    ``mark_subject`` mark their subject's mentions in them."""
     from hugie.training.examples import SlotRecipe, build_slot_examples
     from hugie.training.trainer import collate_slot_parts, encode_slot_examples
 
@@ -111,7 +113,7 @@ def train_tiny_slots(tokenizer, steps: int = 200, seed: int = 0, lr: float = 3e-
     from tests.conftest import tiny_slot_model
 
     torch.manual_seed(seed)
-    model, marked = tiny_slot_model(tokenizer, seed=seed, reuse_layers=reuse_layers)
+    model, marked = tiny_slot_model(tokenizer, seed=seed, reuse_layers=reuse_layers, mark_subject=mark_subject)
     prompts = PromptTokenizer(marked, model.config.slots)
     specs = synthetic_specs()
     recipe = SlotRecipe(drop=0.3, instruction=0.2, reuse=0.9 if reuse_layers else 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -31,11 +33,12 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def reuse_model_dir(tmp_path_factory, tiny_tokenizer):
-    """A tiny two-layer slot model trained on the synthetic task whose relation rows reuse the first layer."""
+    """A tiny two-layer slot model trained on the synthetic task whose relation rows reuse the first layer and
+    mark their subject in it."""
     from tests.helpers import train_tiny_slots
 
     directory = tmp_path_factory.mktemp("tiny_reuse")
-    model, tokenizer = train_tiny_slots(tiny_tokenizer, steps=400, reuse_layers=1)
+    model, tokenizer = train_tiny_slots(tiny_tokenizer, steps=400, reuse_layers=1, mark_subject=True)
     model.save_pretrained(directory)
     tokenizer.save(directory)
     return directory
@@ -120,7 +123,8 @@ def test_a_relation_pass_scores_as_training_computes_it(reuse):
                     slot_mask=torch.from_numpy(relation_batch.slot_mask),
                     companion_ids=torch.from_numpy(rows.input_ids), companion_mask=torch.from_numpy(rows.attention_mask),
                     companion_starts=torch.full((len(rows.input_ids),), len(companion) + 2),
-                    text_mask=torch.from_numpy(relation_batch.text_mask))["logits"]
+                    text_mask=torch.from_numpy(relation_batch.text_mask),
+                    subject_mask=torch.from_numpy(relation_batch.subject_mask))["logits"]
     expected = out[spans[:, 0], spans[:, 1], spans[:, 2], spans[:, 3]].numpy()
     assert np.allclose(expected, logits, atol=1e-4)
 
@@ -133,7 +137,7 @@ def test_onnx_export_of_a_reuse_model_matches_torch(reuse_model_dir, reuse, tmp_
 
     out = export_model(reuse_model_dir, tmp_path / "onnx", quantize="none")
     config = HugieConfig.from_pretrained(out)
-    assert config.reuse_layers == 1 and config.onnx["outputs"][-1] == "layer_states"
+    assert config.reuse_layers == 1 and config.mark_subject and config.onnx["outputs"][-1] == "layer_states"
     graph = onnx.load(str(out / "encoder.onnx")).graph
     assert sum(node.op_type == "Attention" for node in graph.node) == 2  # both layers still fuse
     long_text = "昨天张三在北京开会。" * 12 + "李四出生于上海。"  # several windows for the tiny model's 128 tokens
@@ -141,7 +145,8 @@ def test_onnx_export_of_a_reuse_model_matches_torch(reuse_model_dir, reuse, tmp_
     requests.append({"text": TEXTS[1], "schema": {"relations": RELATIONS[:1]}, "threshold": 0.05})
     onnx_ex = Extractor(OnnxBackend(out, config, device="cpu", use_custom_op=False), reuse.tokenizer, config)
     for a, b in zip(reuse.run(requests), onnx_ex.run(requests)):
-        assert _triples(a) == _triples(b)
+        assert [t[:-1] for t in _triples(a)] == [t[:-1] for t in _triples(b)]
+        assert np.allclose([t[-1] for t in _triples(a)], [t[-1] for t in _triples(b)], atol=2e-3)
     for result, request in zip(onnx_ex.run(requests), requests):
         assert all(request["text"][r.object.start:r.object.end] == r.object.text for r in result.relations)
     rebuilt = model_from_export(out)
@@ -180,3 +185,68 @@ def test_reuse_recipe_gives_relation_rows_companions_and_changes_nothing_else():
                                  for e in relation_rows)
     assert all(not e.companion for e in reused if e.kind != "relation")
     assert [e.__class__(**{**e.__dict__, "companion": ()}) for e in reused] == plain
+
+
+def test_a_relation_row_marks_every_mention_of_its_subject_and_nothing_else(reuse):
+    text = "李四出生于上海，张三说李四去了北京。"
+    calls = Recorder(reuse)
+    result = reuse.run([{"text": text, "schema": {"relations": RELATIONS}}])[0]
+    subjects = {e.text for e in result.entities if e.type == "人名"}
+    assert {"李四", "张三"} <= subjects
+    tokens = reuse.tokenizer.tokenize([text])[0]
+    marked = []
+    for batch, _ in calls.calls[1:]:
+        assert batch.subject_mask.shape == batch.text_mask.shape
+        for row in batch.subject_mask:
+            marked.append("".join(text[s:e] for s, e, m in zip(tokens.starts, tokens.ends, row) if m))
+            assert row[len(tokens)] == 0  # never the text's </s>
+    assert sorted(marked) == sorted(s * text.count(s) for s in subjects)
+
+
+def test_a_fresh_subject_marker_changes_no_score_and_a_learned_one_only_its_rows(tiny_tokenizer):
+    plain, marked_tok = tiny_slot_model(tiny_tokenizer, seed=3, spread=0.5, reuse_layers=1)
+    marking = copy.deepcopy(plain)
+    marking.add_subject_marker()
+    assert not hasattr(plain, "subject_marker") and float(marking.subject_marker.weight.abs().sum()) == 0.0
+    requests = [{"text": t, "schema": {"relations": RELATIONS}, "threshold": 0.0} for t in TEXTS]
+    fresh = [_triples(r) for r in Extractor.from_model(marking, marked_tok).run(requests)]
+    assert fresh == [_triples(r) for r in Extractor.from_model(plain, marked_tok).run(requests)]
+    with torch.no_grad():
+        marking.subject_marker.weight.normal_(0.0, 1.0)
+    learned = [_triples(r) for r in Extractor.from_model(marking, marked_tok).run(requests)]
+    assert learned != fresh
+    entities = [{"text": t, "entities": ["人名", "地名"], "threshold": 0.0} for t in TEXTS]
+    before = Extractor.from_model(plain, marked_tok).run(entities)
+    assert Extractor.from_model(marking, marked_tok).run(entities) == before  # entity rows carry no subject
+
+
+def test_the_training_recipe_marks_a_relation_rows_subject(tiny_tokenizer):
+    from hugie.training.examples import SlotRecipe, build_slot_examples
+    from hugie.training.trainer import collate_reuse, encode_slot_examples
+
+    from tests.helpers import synthetic_specs
+
+    model, marked = tiny_slot_model(tiny_tokenizer, reuse_layers=1, mark_subject=True)
+    examples = [e for e in build_slot_examples(synthetic_specs(40), 3, 0, SlotRecipe(reuse=1.0))
+                if e.kind == "relation"]
+    assert examples and all(e.subject and e.subject in e.text and e.subject in e.prefix for e in examples)
+    items, _ = encode_slot_examples(examples, PromptTokenizer(marked, model.config.slots), 128, 8)
+    batch = collate_reuse(items[:8], marked)
+    for row, (example, item) in enumerate(zip(examples, items[:8])):
+        marked_text = "".join(example.text[s:e] for s, e, m in
+                              zip(item.text.starts, item.text.ends, batch["subject_mask"][row].tolist()) if m)
+        assert marked_text == (example.subject * example.text.count(example.subject)).replace(" ", "")
+    with torch.no_grad():
+        model.subject_marker.weight.fill_(1.0)
+        loss = model(**batch)["loss"]
+        assert loss.isfinite()
+        unmarked = model(**{**batch, "subject_mask": torch.zeros_like(batch["subject_mask"])})["loss"]
+    assert not torch.isclose(loss, unmarked)
+
+
+def test_a_schema_request_tokenizes_its_text_once(reuse, monkeypatch):
+    seen = []
+    tokenize = reuse.tokenizer.tokenize
+    monkeypatch.setattr(reuse.tokenizer, "tokenize", lambda texts: seen.extend(texts) or tokenize(texts))
+    result = reuse.run([{"text": TEXTS[1], "schema": {"relations": RELATIONS}}])[0]
+    assert result.relations and seen.count(TEXTS[1]) == 1

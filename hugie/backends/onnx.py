@@ -165,6 +165,8 @@ class OnnxBackend:
         self.slotted = bool(getattr(config, "slotted", False))  # the graph takes slot_positions and slot_mask
         # a reuse_layers graph also takes kept text states (reused_states, reused_mask) and gives layer_states
         self.reuse = bool(self.slotted and (config.slots or {}).get("reuse_layers", 0))
+        # and, with slots.mark_subject, the text tokens of each row's subject (subject_mask)
+        self.mark_subject = bool(self.reuse and (config.slots or {}).get("mark_subject", False))
         self.hidden_size = int((config.encoder or {}).get("hidden_size", 0))
         encoder = onnx.load(str(self.path / file))
         self.int8_weight_bits = None
@@ -222,6 +224,9 @@ class OnnxBackend:
             reused = batch.reused_states
             feeds.update(reused_states=np.zeros((rows, 0, self.hidden_size), np.float32) if reused is None else reused,
                          reused_mask=np.zeros((rows, 0), np.int64) if reused is None else batch.text_mask)
+            if self.mark_subject:
+                marked = batch.subject_mask if reused is not None else None
+                feeds["subject_mask"] = np.zeros_like(feeds["reused_mask"]) if marked is None else marked
         outputs = ["spans", "scores"] + (["layer_states"] if keep_states else [])
         if self.device != "cpu":
             binding = self.session.io_binding()  # one binding per call: calls may run concurrently

@@ -41,6 +41,8 @@ class TorchBackend:
             inputs += [batch.slot_positions, batch.slot_mask]
         if batch.reused_states is not None:
             inputs += [batch.reused_states, batch.text_mask]
+            if batch.subject_mask is not None:
+                inputs.append(batch.subject_mask)
         tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
         return [t.float().cpu().numpy() for t in self.model.project(*tensors, with_states=keep_states)]
 
