@@ -98,6 +98,9 @@ def test_trainer_checkpoints_and_resumes_exactly(tmp_path, tiny_tokenizer):
     t1 = trainer(tmp_path / "b")
     t1.train(stop_at=2)
     assert t1.step == 2
+    again = trainer(tmp_path / "b")  # resumed at its stop_at step: no further step, its model saved again
+    again.train(stop_at=2)
+    assert again.step == 2 and (tmp_path / "b" / "model" / "model.safetensors").exists()
     t2 = trainer(tmp_path / "b")  # a fresh process would do exactly this
     t2.train()
     assert t2.step == 4
