@@ -311,21 +311,26 @@ def _idle_subject_rows(record: Record, tmpl: InstructionTemplates, predicates_by
             for ent in _idle_subjects(record, predicates_by_type, recipe, rng)]
 
 
-def _object_subject_rows(record: Record, tmpl: InstructionTemplates, subjects: set[str],
-                         predicates_by_type: dict[str, list[str]], recipe: SlotRecipe, rng: random.Random,
-                         dataset: str) -> list[SlotExample]:
-    """With probability ``object_subjects`` each, an :func:`_idle_row` for a relation object whose type has
-    predicates of its own and that is no subject in ``record`` (a schema finds it as a subject and asks about it)."""
+def _object_subjects(record: Record, named: set[str], predicates_by_type: dict[str, list[str]],
+                     recipe: SlotRecipe, rng: random.Random) -> Iterator:
+    """Relation objects of ``record`` whose type has predicates of its own (a schema finds them as subjects too) and
+    whose text is not in ``named`` (each one taken is added), each with probability ``object_subjects``; lazily, so a
+    caller's own draws for one come before the next is chosen."""
     if not recipe.object_subjects:
-        return []
-    rows, named = [], set(subjects)
+        return
     for rel in record.relations:
         if (rel.object.text not in named and predicates_by_type.get(rel.object.type)
                 and rng.random() < recipe.object_subjects):
             named.add(rel.object.text)
-            rows.append(_idle_row(rel.object.text, rel.object.type, record, tmpl, predicates_by_type, recipe, rng,
-                                  dataset))
-    return rows
+            yield rel.object
+
+
+def _object_subject_rows(record: Record, tmpl: InstructionTemplates, subjects: set[str],
+                         predicates_by_type: dict[str, list[str]], recipe: SlotRecipe, rng: random.Random,
+                         dataset: str) -> list[SlotExample]:
+    """An :func:`_idle_row` for each object :func:`_object_subjects` chooses that is no subject in ``record``."""
+    return [_idle_row(obj.text, obj.type, record, tmpl, predicates_by_type, recipe, rng, dataset)
+            for obj in _object_subjects(record, set(subjects), predicates_by_type, recipe, rng)]
 
 
 def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, subject_types: dict,
@@ -344,12 +349,8 @@ def _subject_groups(record: Record, tmpl: InstructionTemplates, subjects: list, 
         apart = replace(recipe, subjects_per_row=0, idle_subjects=0.0, object_subjects=0.0)
         rows = [_idle_row(ent.text, ent.type, record, tmpl, predicates_by_type, recipe, rng, dataset) for ent in idle]
         return rows + slot_re_examples(record, tmpl, predicates_by_type, all_predicates, apart, rng, dataset)
-    named = {text for text, _, _ in everyone}
-    for rel in record.relations if recipe.object_subjects else ():  # a schema finds them and asks them alongside
-        if (rel.object.text not in named and predicates_by_type.get(rel.object.type)
-                and rng.random() < recipe.object_subjects):
-            named.add(rel.object.text)
-            everyone.append((rel.object.text, {}, rel.object.type))
+    named = {text for text, _, _ in everyone}  # objects a schema finds as subjects are asked alongside
+    everyone += [(obj.text, {}, obj.type) for obj in _object_subjects(record, named, predicates_by_type, recipe, rng)]
     rng.shuffle(everyone)
     rows, start = [], 0
     while start < len(everyone):
