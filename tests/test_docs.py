@@ -4,6 +4,7 @@ the code, and the pages keep to their shape (README â‰¤ 150 lines, model card â‰
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -125,3 +126,12 @@ def test_no_development_history_in_user_docs(page):
     text = page.read_text(encoding="utf-8")
     found = re.findall(r"\b(?:session|stage|issue|trial run)\s+\d+", text, flags=re.IGNORECASE)
     assert not found, f"{page.relative_to(ROOT)} tells history: {found}"
+
+
+def test_the_documented_decoding_defaults_are_the_embedded_models():
+    config = json.loads((MODEL_CARD.parent / "config.json").read_text(encoding="utf-8"))
+    row = next(line for line in (ROOT / "docs" / "usage.md").read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `relation_threshold` |"))
+    assert f"({config['relation_threshold']} for the embedded model)" in row
+    card = MODEL_CARD.read_text(encoding="utf-8")
+    assert f"threshold {config['threshold']};" in card and f"relation objects at {config['relation_threshold']};" in card
