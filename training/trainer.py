@@ -483,7 +483,7 @@ class Trainer:
                                  f"{key} model has {getattr(model.config, setting)}")
         model.config.threshold = cfg.threshold
         tokenizer = HugieTokenizer.from_file(path / "tokenizer.json", max_length=cfg.max_length)
-        log.info("starting from the weights in %s", path)
+        log.info("%s: the weights in %s", key, path)
         return model, tokenizer
 
     def _average_with(self, cfg: TrainConfig) -> None:
