@@ -301,9 +301,9 @@ class Extractor:
         self.tokenizer.max_length = min(config.max_seq_length, tokenizer.max_length or config.max_seq_length)
         self.prompts = PromptTokenizer(self.tokenizer, config.slots) if config.slotted else None
         #: relation rows take their text's states after this many layers from the text's entity pass (0: never)
-        self.reuse_layers = int(config.slots.get("reuse_layers", 0)) if config.slotted else 0
+        self.reuse_layers = config.reuse_layers
         #: such rows mark their subject's mentions in those states
-        self.mark_subject = bool(self.reuse_layers and config.slots.get("mark_subject", False))
+        self.mark_subject = config.mark_subject
         self._word_tokens: dict[str, TextTokens] = {}  # see _tokens
         self._word_lock = threading.Lock()
 

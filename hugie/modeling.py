@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from .configuration import TORCH_WEIGHT_FILES, has_torch_weights
+from .configuration import TORCH_WEIGHT_FILES, has_torch_weights, marks_subject, reused_layers
 from .configuration import HugieConfig as _Settings
 from .instructions import default_templates_dict
 
@@ -74,6 +74,14 @@ class GlobalPointerConfig(PretrainedConfig):
     @property
     def slotted(self) -> bool:
         return self.architecture == "slots"
+
+    @property
+    def reuse_layers(self) -> int:
+        return reused_layers(self.architecture, self.slots)
+
+    @property
+    def mark_subject(self) -> bool:
+        return marks_subject(self.architecture, self.slots)
 
     def encoder_config(self) -> PretrainedConfig:
         cfg = dict(self.encoder)
@@ -142,7 +150,7 @@ class GlobalPointerModel(PreTrainedModel):
         self.slot_gate = nn.Linear(hidden, self.config.head_size // 2)  # one gate per RoPE pair
         self.slot_query = nn.Linear(hidden, 2 * rank)  # start, end
         self.token_key = nn.Linear(2 * self.config.head_size, 2 * rank)
-        if self.reuse_layers and self.config.slots.get("mark_subject"):
+        if self.config.mark_subject:
             self._build_subject_marker()
 
     def _build_subject_marker(self) -> None:
@@ -206,7 +214,7 @@ class GlobalPointerModel(PreTrainedModel):
     @property
     def reuse_layers(self) -> int:
         """Encoder layers a relation row takes from its text's entity pass (``slots.reuse_layers``; 0: none)."""
-        return int(self.config.slots.get("reuse_layers", 0)) if self.config.slotted else 0
+        return self.config.reuse_layers
 
     def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, first: int, stop: int) -> torch.Tensor:
         """Encoder layers ``first`` to ``stop - 1`` over ``hidden`` [B, L, H] (``attention_mask`` [B, L], 0/1)."""

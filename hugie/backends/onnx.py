@@ -164,9 +164,9 @@ class OnnxBackend:
         self.max_width = int(config.max_span_width)
         self.slotted = bool(getattr(config, "slotted", False))  # the graph takes slot_positions and slot_mask
         # a reuse_layers graph also takes kept text states (reused_states, reused_mask) and gives layer_states
-        self.reuse = bool(self.slotted and (config.slots or {}).get("reuse_layers", 0))
+        self.reuse = bool(config.reuse_layers)
         # and, with slots.mark_subject, the text tokens of each row's subject (subject_mask)
-        self.mark_subject = bool(self.reuse and (config.slots or {}).get("mark_subject", False))
+        self.mark_subject = config.mark_subject
         self.hidden_size = int((config.encoder or {}).get("hidden_size", 0))
         encoder = onnx.load(str(self.path / file))
         self.int8_weight_bits = None
