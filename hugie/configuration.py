@@ -39,18 +39,28 @@ SLOT_DEFAULTS = {"markers": {"entity": "[E]", "relation": "[R]"}, "max_slots": 1
                  "max_subjects": 1, "rank": 32, "reuse_layers": 0, "mark_subject": False}
 
 
-def reused_layers(architecture: str, slots: dict | None) -> int:
-    """Encoder layers a slot model's relation row takes from its text's entity pass (``slots.reuse_layers``)."""
-    return int((slots or {}).get("reuse_layers", 0)) if architecture == "slots" else 0
+class SlotArchitecture:
+    """What a config's ``architecture`` and ``slots`` attributes imply; shared by :class:`HugieConfig` and the torch
+    config."""
 
+    @property
+    def slotted(self) -> bool:
+        """Whether one row carries several prompts (slots), each marked by a marker token."""
+        return self.architecture == "slots"
 
-def marks_subject(architecture: str, slots: dict | None) -> bool:
-    """Whether such a row marks its subject's mentions in the states it takes (``slots.mark_subject``)."""
-    return bool(reused_layers(architecture, slots) and (slots or {}).get("mark_subject", False))
+    @property
+    def reuse_layers(self) -> int:
+        """Encoder layers a relation row takes from its text's entity pass instead of running them (0: none)."""
+        return int((self.slots or {}).get("reuse_layers", 0)) if self.slotted else 0
+
+    @property
+    def mark_subject(self) -> bool:
+        """Whether a relation row that reuses its text's states marks its subject's mentions in them."""
+        return bool(self.reuse_layers and (self.slots or {}).get("mark_subject", False))
 
 
 @dataclass
-class HugieConfig:
+class HugieConfig(SlotArchitecture):
     """Span head settings, the encoder's own config, instruction templates and decoding defaults."""
 
     encoder: dict = field(default_factory=dict)
@@ -75,21 +85,6 @@ class HugieConfig:
                                                                 f"{', '.join(ARCHITECTURES)}")
         if self.architecture == "slots":
             self.slots = {**SLOT_DEFAULTS, **(self.slots or {})}
-
-    @property
-    def slotted(self) -> bool:
-        """Whether one row carries several prompts (slots), each marked by a marker token."""
-        return self.architecture == "slots"
-
-    @property
-    def reuse_layers(self) -> int:
-        """Encoder layers a relation row takes from its text's entity pass instead of running them (0: none)."""
-        return reused_layers(self.architecture, self.slots)
-
-    @property
-    def mark_subject(self) -> bool:
-        """Whether a relation row that reuses its text's states marks its subject's mentions in them."""
-        return marks_subject(self.architecture, self.slots)
 
     @classmethod
     def from_dict(cls, data: dict) -> HugieConfig:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from .configuration import TORCH_WEIGHT_FILES, has_torch_weights, marks_subject, reused_layers
+from .configuration import TORCH_WEIGHT_FILES, SlotArchitecture, has_torch_weights
 from .configuration import HugieConfig as _Settings
 from .instructions import default_templates_dict
 
@@ -38,7 +38,7 @@ __all__ = ["TORCH_WEIGHT_FILES", "GlobalPointerConfig", "GlobalPointerModel", "H
 MASK_VALUE = -1.0e4
 
 
-class GlobalPointerConfig(PretrainedConfig):
+class GlobalPointerConfig(SlotArchitecture, PretrainedConfig):
     """The torch model's config: the keys and defaults of :class:`hugie.configuration.HugieConfig`."""
 
     model_type = "hugie_global_pointer"
@@ -70,18 +70,6 @@ class GlobalPointerConfig(PretrainedConfig):
         self.flat_ner = flat_ner  # entity passes: no two spans overlap (across types, best score first)
         self.max_seq_length = max_seq_length
         self.instructions = instructions or default_templates_dict()
-
-    @property
-    def slotted(self) -> bool:
-        return self.architecture == "slots"
-
-    @property
-    def reuse_layers(self) -> int:
-        return reused_layers(self.architecture, self.slots)
-
-    @property
-    def mark_subject(self) -> bool:
-        return marks_subject(self.architecture, self.slots)
 
     def encoder_config(self) -> PretrainedConfig:
         cfg = dict(self.encoder)

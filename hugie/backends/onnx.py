@@ -162,7 +162,7 @@ class OnnxBackend:
         cuda = self.providers[0] == "CUDAExecutionProvider"
         self.device = ("cuda" if index is None else f"cuda:{index}") if cuda else "cpu"
         self.max_width = int(config.max_span_width)
-        self.slotted = bool(getattr(config, "slotted", False))  # the graph takes slot_positions and slot_mask
+        self.slotted = config.slotted  # the graph takes slot_positions and slot_mask
         # a reuse_layers graph also takes kept text states (reused_states, reused_mask) and gives layer_states
         self.reuse = bool(config.reuse_layers)
         # and, with slots.mark_subject, the text tokens of each row's subject (subject_mask)
