@@ -74,6 +74,32 @@ def test_the_version_is_written_once():
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
 
 
+def test_every_folder_the_wheel_ships_is_a_listed_package():
+    """A folder of shipped files that Python could import (the embedded model, the demo page, the training configs)
+    must be in ``packages``: newer setuptools drops an importable folder that ``packages`` omits, and the embedded
+    model with it."""
+    setuptools = pyproject()["tool"]["setuptools"]
+    roots = {package: ROOT / folder for package, folder in setuptools["package-dir"].items()}
+    listed = set(setuptools["packages"])
+    unlisted = []
+    for package, folder in roots.items():
+        for directory in [folder, *folder.rglob("*")]:
+            if not directory.is_dir() or directory.name == "__pycache__":
+                continue
+            parts = directory.relative_to(folder).parts
+            dotted = ".".join((package, *parts)) if parts else package
+            if any(other != package and dotted.startswith(other + ".") and len(other) > len(package)
+                   for other in roots):
+                continue  # mapped from its own folder
+            importable = all(part.isidentifier() for part in dotted.split("."))
+            has_files = any(f.is_file() and "__pycache__" not in f.parts for f in directory.rglob("*"))
+            if importable and has_files and dotted not in listed:
+                unlisted.append(dotted)
+    assert not unlisted, f"folders with files missing from [tool.setuptools] packages: {unlisted}"
+    for package in setuptools["package-data"]:
+        assert package in listed, package
+
+
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False, env={**os.environ, **env})
