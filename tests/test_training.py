@@ -163,6 +163,33 @@ def test_init_from_starts_at_a_trained_models_weights(tmp_path, trained_model_di
         Trainer(TrainConfig.from_file(path))
 
 
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, trained_model_dir, monkeypatch, caplog):
+    import torch
+    from hugie.training import trainer as trainer_module
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_records(8)), encoding="utf-8")
+    cfg = {"init_from": str(trained_model_dir), "max_length": 64, "max_span_width": 16, "head_size": 16,
+           "batch_size": 8, "batch_tokens": 512, "max_steps": 1, "output_dir": str(tmp_path / "out"),
+           "precision": "bf16", "datasets": [{"name": "syn", "path": str(data), "language": "zh"}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert trainer_module.cpu_has_bf16() is native
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hugie.train"):
+            Trainer(TrainConfig.from_file(path))
+        assert any("precision: fp32" in r.getMessage() for r in caplog.records) is warned
+    path.write_text(json.dumps({**cfg, "precision": "fp32"}), encoding="utf-8")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hugie.train"):
+        Trainer(TrainConfig.from_file(path))
+    assert not any("precision: fp32" in r.getMessage() for r in caplog.records)
+
+
 def test_average_with_starts_at_the_weighted_mean_of_two_models(tmp_path, trained_model_dir):
     import shutil
 
