@@ -428,8 +428,8 @@ class Trainer:
             word_embeddings.requires_grad_(False)
         self.device = torch.device(self.dist.device)
         if cfg.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
-            log.warning("precision bf16 on a CPU without AVX-512 BF16 or AMX: bfloat16 is emulated there, 8x or more "
-                        "slower a step than fp32 (measured on an AVX2 EPYC); set precision: fp32 on this machine")
+            log.warning("precision bf16 on a CPU without AVX-512 BF16 or AMX: bfloat16 is emulated there, several "
+                        "times slower a step than fp32 (AVX2 EPYC: under 0.04 steps/s, fp32 0.25); set precision: fp32")
         if self.device.type != "cpu":
             self.model.to(self.device)
         if self.dist.enabled:  # same initial weights everywhere (seeded above); own dropout stream per rank
