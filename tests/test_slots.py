@@ -365,6 +365,53 @@ def test_objects_of_a_subject_type_get_rows_without_answers():
     assert added[0].kind == "relation" and added[0].slots == ("出生地",) and added[0].spans == ((),)
 
 
+def _ner_spec(tmp_path, name, records, label_map):
+    import json
+
+    from hugie.training.examples import DatasetSpec
+
+    (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    (tmp_path / f"{name}.json").write_text(json.dumps(label_map, ensure_ascii=False))
+    return DatasetSpec(name, str(tmp_path / f"{name}.jsonl"), label_map=str(tmp_path / f"{name}.json"),
+                       tasks=("ner",)).load()
+
+
+def test_a_span_two_asked_names_of_one_label_answer_goes_to_the_narrower(tmp_path):
+    from hugie.training.examples import SlotRecipe, build_slot_examples
+
+    text = "张三从新乡去了泰山。"
+    weibo = _ner_spec(tmp_path, "weibo", [{"id": "1", "text": text, "entities": [
+        {"type": "PER", "start": 0, "end": 2}, {"type": "GPE", "start": 3, "end": 5}, {"type": "LOC", "start": 7, "end": 9}]}],
+        {"PER": "人名", "GPE": ["行政区", "地名"], "LOC": "地名"})
+    [both] = build_slot_examples([weibo], seed=0, recipe=SlotRecipe(drop=0.0, instruction=0.0, foreign=0.0))
+    gold = dict(zip(both.slots, both.spans))
+    assert gold == {"人名": ((0, 2),), "行政区": ((3, 5),), "地名": ((7, 9),)}
+    asked = set()
+    for seed in range(40):  # asked without 行政区, the city is a 地名 as well
+        for ex in build_slot_examples([weibo], seed=seed, recipe=SlotRecipe(drop=0.5, instruction=0.0, foreign=0.0)):
+            gold = dict(zip(ex.slots, ex.spans))
+            if "地名" in gold:
+                asked.add("行政区" in gold)
+                assert gold["地名"] == (((7, 9),) if "行政区" in gold else ((3, 5), (7, 9)))
+    assert asked == {True, False}
+
+
+def test_no_foreign_negative_is_another_name_of_a_datasets_label(tmp_path):
+    from hugie.training.examples import SlotRecipe, build_slot_examples
+
+    weibo = _ner_spec(tmp_path, "weibo", [{"id": "1", "text": "我在新乡玩游戏。", "entities": [
+        {"type": "GPE", "start": 2, "end": 4}, {"type": "GAME", "start": 5, "end": 7}]}],
+        {"GPE": ["行政区", "地名"], "GAME": "游戏"})
+    news = _ner_spec(tmp_path, "news", [{"id": "1", "text": "李四到了北京。", "entities": [
+        {"type": "PER", "start": 0, "end": 2}, {"type": "LOC", "start": 4, "end": 6}]}], {"PER": "人名", "LOC": "地名"})
+    foreign = set()
+    for seed in range(60):
+        for ex in build_slot_examples([weibo, news], seed=seed, recipe=SlotRecipe(instruction=0.0, foreign=1.0)):
+            if ex.dataset == "news":
+                foreign.update(set(ex.slots) - {"人名", "地名"})
+    assert foreign == {"游戏"}  # 行政区 names some of news's 地名 spans: it would be a false negative there
+
+
 def test_subjects_share_rows_as_a_several_subject_model_packs_them():
     from hugie.training.examples import DatasetSpec, SlotRecipe, build_slot_examples
 

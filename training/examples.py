@@ -42,9 +42,12 @@ class DatasetSpec:
     re_negatives: int = 1
     dev_path: str | None = None
     records: list[Record] = field(default_factory=list, repr=False)
+    # the names its label map gives one label, most specific first (GPE.NAM: 行政区, 地名)
+    aliases: list[tuple[str, ...]] = field(default_factory=list, repr=False)
 
     def load(self) -> DatasetSpec:
         label_map = load_label_map(self.label_map)
+        self.aliases = [tuple(names) for names in label_map.values() if isinstance(names, list) and len(names) > 1]
         self.records = [apply_label_map(r, label_map) for r in read_jsonl(self.path)]
         return self
 
@@ -174,8 +177,9 @@ class SlotExample:
 class SlotRecipe:
     """How slot examples are drawn. NER: a text with its dataset's types as slots, each dropped with ``drop``
     (so no slot relies on the others), shuffled, and with probability ``foreign`` a type of another NER dataset
-    of the language that shares no character with this dataset's types (a crude guard against synonyms, which
-    would be false negatives), so slot names are read, not recalled.
+    of the language that shares no character with this dataset's types and is no other name of one of their labels
+    in a label map (crude guards against synonyms, which would be false negatives), so slot names are read, not
+    recalled; a span two asked slots answer through one label's names answers only the narrower one.
     RE: one subject with its gold predicates and up to ``re_negatives`` other predicates of its subject type; with
     probability ``together`` all subjects of a text share one row, each cue before its own slots (negatives split
     between them), for models that read several subjects per pass (``slots.max_subjects``). With probability
@@ -224,8 +228,32 @@ def _unrelated(candidate: str, types: list[str], language: str) -> bool:
     return not any(candidate[:4].lower() == t[:4].lower() for t in types)
 
 
+def _alias_names(specs: list[DatasetSpec]) -> dict[str, set[str]]:
+    """Each type name's other names for one label in any dataset's label map (行政区 ↔ 地名, 公司 ↔ 机构名): a
+    foreign type named alongside one of a dataset's types labels some of its spans, so it is no negative there."""
+    related: dict[str, set[str]] = defaultdict(set)
+    for spec in specs:
+        for names in spec.aliases:
+            for name in names:
+                related[name].update(n for n in names if n != name)
+    return related
+
+
+def _narrower_names(aliases: list[tuple[str, ...]]) -> dict[str, set[str]]:
+    """Each name's narrower names: those a label map lists before it for one label (地名: {行政区})."""
+    narrower: dict[str, set[str]] = defaultdict(set)
+    for names in aliases:
+        for i, name in enumerate(names):
+            narrower[name].update(names[:i])
+    return narrower
+
+
 def slot_ner_examples(record: Record, tmpl: InstructionTemplates, all_types: list[str], foreign: list[str],
-                      recipe: SlotRecipe, rng: random.Random, dataset: str) -> list[SlotExample]:
+                      recipe: SlotRecipe, rng: random.Random, dataset: str,
+                      narrower: dict[str, set[str]] | None = None) -> list[SlotExample]:
+    """One entity example of ``record`` (see :class:`SlotRecipe`). A span that answers two slots through one label's
+    names (``narrower``: 地名 → {行政区}) answers only the narrower one: asked for both, a user expects the city under
+    行政区 and the mountain under 地名, as one type per span decodes."""
     by_type: dict[str, set] = defaultdict(set)
     for ent in record.entities:
         by_type[ent.type].add((ent.start, ent.end))
@@ -238,7 +266,10 @@ def slot_ner_examples(record: Record, tmpl: InstructionTemplates, all_types: lis
         t = rng.choice(slots)
         return [SlotExample("entity", "", (tmpl.for_entity(t),), record.text, (tuple(sorted(by_type.get(t, ()))),),
                             "ner", dataset)]
-    spans = tuple(tuple(sorted(by_type.get(t, ()))) for t in slots)
+    asked = set(slots)
+    shadowed = {t: set().union(*(by_type.get(n, set()) for n in (narrower or {}).get(t, ()) if n in asked))
+                for t in slots}
+    spans = tuple(tuple(sorted(by_type.get(t, set()) - shadowed[t])) for t in slots)
     return [SlotExample("entity", "", tuple(slots), record.text, spans, "ner", dataset)]
 
 
@@ -409,7 +440,7 @@ def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
     for spec in specs:
         if not spec.records:
             spec.load()
-    pool = _foreign_pool(specs)
+    pool, aliases = _foreign_pool(specs), _alias_names(specs)
     out: list[SlotExample] = []
     for spec in specs:
         tmpl = templates(spec.language)
@@ -417,10 +448,11 @@ def build_slot_examples(specs: list[DatasetSpec], seed: int, epoch: int = 0,
         companion_rng = _rng(seed, spec.name, epoch, "companions")
         all_types, all_predicates, predicates_by_type = _dataset_labels(spec)
         foreign = [t for t, names in pool.get(spec.language, []) if spec.name not in names
-                   and _unrelated(t, all_types, spec.language)]
+                   and _unrelated(t, all_types, spec.language) and not aliases.get(t, set()) & set(all_types)]
+        narrower = _narrower_names(spec.aliases)
         for record in _sample_records(spec.records, spec.weight, rng):
             if "ner" in spec.tasks and all_types:
-                out += slot_ner_examples(record, tmpl, all_types, foreign, recipe, rng, spec.name)
+                out += slot_ner_examples(record, tmpl, all_types, foreign, recipe, rng, spec.name, narrower)
             if "re" in spec.tasks and (record.relations or recipe.idle_subjects):
                 rows = slot_re_examples(record, tmpl, predicates_by_type, all_predicates, recipe, rng, spec.name)
                 out += _with_companions(rows, sorted(predicates_by_type), all_types, recipe, companion_rng)
