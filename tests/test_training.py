@@ -235,6 +235,41 @@ def test_average_with_starts_at_the_weighted_mean_of_two_models(tmp_path, traine
         Trainer(TrainConfig.from_file(path))
 
 
+def test_average_with_takes_a_slot_model_routed_differently_but_not_one_shaped_differently(tmp_path, tiny_tokenizer):
+    """Two slot models whose ``reuse_layers`` differ average (the result keeps init_from's); a different rank does not."""
+    import torch
+
+    from hugie.errors import HugieError
+    from hugie.modeling import GlobalPointerModel
+    from tests.conftest import tiny_slot_model
+
+    dirs = {}
+    for name, seed, slots in (("start", 0, {"reuse_layers": 1}), ("other", 1, {"reuse_layers": 0}),
+                              ("wider", 2, {"rank": 8})):
+        model, tokenizer = tiny_slot_model(tiny_tokenizer, seed=seed, spread=0.1, **slots)
+        dirs[name] = tmp_path / name
+        model.save_pretrained(dirs[name])
+        tokenizer.save(dirs[name])
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_records(20)), encoding="utf-8")
+    cfg = {"init_from": str(dirs["start"]), "average_with": str(dirs["other"]), "average_weight": 0.5,
+           "architecture": "slots", "max_length": 64, "max_span_width": 16, "head_size": 16, "batch_size": 8,
+           "batch_tokens": 512, "max_steps": 0, "eval_every": 1000, "output_dir": str(tmp_path / "out"),
+           "datasets": [{"name": "syn", "path": str(data), "language": "zh"}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    Trainer(TrainConfig.from_file(path)).train()
+    saved = GlobalPointerModel.from_pretrained(tmp_path / "out" / "model")
+    assert saved.config.reuse_layers == 1
+    start, other = (GlobalPointerModel.from_pretrained(dirs[n]).state_dict() for n in ("start", "other"))
+    for name, value in saved.state_dict().items():
+        assert torch.allclose(value, 0.5 * start[name] + 0.5 * other[name], atol=1e-6), name
+
+    path.write_text(json.dumps({**cfg, "average_with": str(dirs["wider"])}), encoding="utf-8")
+    with pytest.raises(HugieError, match="their architecture or slots settings differ"):
+        Trainer(TrainConfig.from_file(path))
+
+
 def test_init_from_an_exported_directory_starts_at_its_onnx_weights(tmp_path, trained_model_dir):
     import torch
 

@@ -66,6 +66,11 @@ def cpu_has_bf16() -> bool:
     return any(probe() for probe in probes)
 
 
+#: slot settings that only pack or route rows: a slot model's config may change them (``_add_slots``) and two
+#: models that differ only in them can be averaged
+SLOT_LIMITS = ("max_slots", "max_prompt_tokens", "max_subjects", "reuse_layers")
+
+
 @dataclass
 class TrainConfig:
     datasets: list[dict]
@@ -463,8 +468,7 @@ class Trainer:
                 "reuse_layers")):
             raise HugieError("E030", file=cfg.root, reason="slots.mark_subject needs slots.reuse_layers above 0")
         if self.model.config.slotted:
-            limits = ("max_slots", "max_prompt_tokens", "max_subjects", "reuse_layers")
-            self.model.config.slots.update({k: v for k, v in slots.items() if k in limits})
+            self.model.config.slots.update({k: v for k, v in slots.items() if k in SLOT_LIMITS})
             if slots.get("mark_subject"):
                 self.model.add_subject_marker()
             return
@@ -499,7 +503,8 @@ class Trainer:
 
     def _average_with(self, cfg: TrainConfig) -> None:
         """Weights := (1 - w) · init_from's + w · average_with's, w = ``average_weight``: two runs of one architecture
-        and vocabulary (E030 otherwise)."""
+        and vocabulary (E030 otherwise). The packing and routing settings (``SLOT_LIMITS``, e.g. ``reuse_layers``) may
+        differ: the average keeps init_from's, then the config's."""
         weight = cfg.average_weight
         if not 0.0 < weight < 1.0:
             raise HugieError("E030", file=cfg.root, reason=f"average_weight must be between 0 and 1, not {weight}")
@@ -510,9 +515,11 @@ class Trainer:
 
         if tokenizer.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
             raise differ("their tokenizers differ")
-        for setting in ("architecture", "slots"):
-            if getattr(other.config, setting, None) != getattr(self.model.config, setting, None):
-                raise differ(f"their {setting} settings differ")
+        def architecture(config):
+            return config.architecture, {k: v for k, v in (config.slots or {}).items() if k not in SLOT_LIMITS}
+
+        if architecture(other.config) != architecture(self.model.config):
+            raise differ("their architecture or slots settings differ")
         mine, theirs = self.model.state_dict(), other.state_dict()
         if {k: tuple(v.shape) for k, v in mine.items()} != {k: tuple(v.shape) for k, v in theirs.items()}:
             raise differ("their weights differ in names or shapes")
