@@ -348,6 +348,7 @@ def export_model(model_dir: str | Path, output: str | Path, quantize: str = "non
         else:
             shutil.copyfile(optimized, final)
     config = {**model.config.to_dict(), **decoding}
+    config["_name_or_path"] = output.name  # the export's own name, not the path of the run it came from
     config["onnx"] = {"file": ENCODER_FILE, "quantize": quantize, "opset": opset, "fp32_matmuls": fp32_matmuls,
                       "outlier_channels": {str(k): v for k, v in outliers.items()},
                       "outputs": list(OUTPUTS) + ([REUSE_OUTPUT] if model.reuse_layers else []),

@@ -33,6 +33,7 @@ def test_export_directory_is_self_describing(exported):
         cfg = json.loads((d / "config.json").read_text())
         assert cfg["onnx"]["quantize"] == q and (d / cfg["onnx"]["file"]).exists()
         assert (d / "tokenizer.json").exists() and cfg["instructions"]["zh"]["entity"]
+        assert cfg["_name_or_path"] == d.name  # not the training run's local path
     assert (int8 / "encoder.onnx").stat().st_size < (fp32 / "encoder.onnx").stat().st_size
 
 
