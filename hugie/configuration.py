@@ -38,6 +38,10 @@ ARCHITECTURES = ("instruction", "slots")
 SLOT_DEFAULTS = {"markers": {"entity": "[E]", "relation": "[R]"}, "max_slots": 16, "max_prompt_tokens": 128,
                  "max_subjects": 1, "rank": 32, "reuse_layers": 0, "mark_subject": False}
 
+#: The slot settings that only pack or route rows, not shape weights: a training config may change them for a slot
+#: model it starts from, and two models that differ only in them can be averaged.
+SLOT_LIMITS = ("max_slots", "max_prompt_tokens", "max_subjects", "reuse_layers")
+
 
 class SlotArchitecture:
     """What a config's ``architecture`` and ``slots`` attributes imply; shared by :class:`HugieConfig` and the torch
@@ -47,6 +51,11 @@ class SlotArchitecture:
     def slotted(self) -> bool:
         """Whether one row carries several prompts (slots), each marked by a marker token."""
         return self.architecture == "slots"
+
+    @property
+    def weight_layout(self) -> tuple:
+        """The architecture and the slot settings that shape its weights (all but ``SLOT_LIMITS``)."""
+        return self.architecture, {k: v for k, v in (self.slots or {}).items() if k not in SLOT_LIMITS}
 
     @property
     def reuse_layers(self) -> int:

@@ -66,11 +66,6 @@ def cpu_has_bf16() -> bool:
     return any(probe() for probe in probes)
 
 
-#: slot settings that only pack or route rows: a slot model's config may change them (``_add_slots``) and two
-#: models that differ only in them can be averaged
-SLOT_LIMITS = ("max_slots", "max_prompt_tokens", "max_subjects", "reuse_layers")
-
-
 @dataclass
 class TrainConfig:
     datasets: list[dict]
@@ -461,7 +456,7 @@ class Trainer:
         """Give a one-slot starting model its marker tokens and slot head; a slot model keeps its head and takes the
         config's packing limits (max_slots, max_prompt_tokens, max_subjects), ``reuse_layers`` and, with
         ``mark_subject``, a subject marker (zero at first)."""
-        from hugie.configuration import SLOT_DEFAULTS
+        from hugie.configuration import SLOT_DEFAULTS, SLOT_LIMITS
 
         slots = cfg.slots or {}
         if slots.get("mark_subject") and not slots.get("reuse_layers", (self.model.config.slots or {}).get(
@@ -515,10 +510,7 @@ class Trainer:
 
         if tokenizer.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
             raise differ("their tokenizers differ")
-        def architecture(config):
-            return config.architecture, {k: v for k, v in (config.slots or {}).items() if k not in SLOT_LIMITS}
-
-        if architecture(other.config) != architecture(self.model.config):
+        if other.config.weight_layout != self.model.config.weight_layout:
             raise differ("their architecture or slots settings differ")
         mine, theirs = self.model.state_dict(), other.state_dict()
         if {k: tuple(v.shape) for k, v in mine.items()} != {k: tuple(v.shape) for k, v in theirs.items()}:
